@@ -1,0 +1,63 @@
+# OT-Attention Lab: every target creates the project virtualenv (.venv) on first use.
+# `make help` lists the targets.
+
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+# make variables -> config overrides (empty ones are left to the config files)
+TASK   ?=
+ATTN   ?=
+POOL   ?=
+EPOCHS ?=
+SEED   ?=
+ARGS   ?=
+ATTNS  ?= softmax sinkhorn esp lotformer luna
+SEEDS  ?= 0 1 2
+SYNTHETIC ?=
+ROOT   ?= ./data
+PORT   ?= 5000
+
+export MLFLOW_DISABLE_TELEMETRY := true
+
+OVERRIDES = $(if $(TASK),task=$(TASK)) $(if $(ATTN),attention=$(ATTN)) $(if $(POOL),pooling=$(POOL)) \
+            $(if $(EPOCHS),trainer.epochs=$(EPOCHS)) $(if $(SEED),seed=$(SEED)) $(ARGS)
+
+.DEFAULT_GOAL := help
+.PHONY: help setup train data sweep ui test clean
+
+help:  ## list the targets
+	@grep -hE '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  make %-8s %s\n", $$1, $$2}'
+	@echo "  variables: TASK ATTN POOL EPOCHS SEED ARGS (train); ATTNS SEEDS (sweep); SYNTHETIC ROOT (data)"
+
+setup: $(STAMP)  ## create .venv and install the project (again whenever pyproject.toml changes)
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --upgrade --quiet pip
+	$(PY) -m pip install --quiet torch==2.14.1 torchvision==0.29.1
+	$(PY) -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+train: $(STAMP)  ## train one model: make train TASK=cifar10 ATTN=esp EPOCHS=5 ARGS="trainer.lr=3e-4"
+	$(PY) train.py $(OVERRIDES)
+
+data: $(STAMP)  ## download, verify and preprocess a dataset: make data TASK=cifar10 [SYNTHETIC=1] [ROOT=./data]
+	$(PY) -m tasks.prepare $(or $(TASK),cifar10) --root $(ROOT) $(if $(SYNTHETIC),--synthetic)
+
+sweep: $(STAMP)  ## train every ATTNS x SEEDS: make sweep TASK=cifar10 ATTNS="softmax esp" SEEDS="0 1 2"
+	@for attn in $(ATTNS); do for seed in $(SEEDS); do \
+	  echo "== $(or $(TASK),default task) / $$attn / seed $$seed"; \
+	  $(PY) train.py $(if $(TASK),task=$(TASK)) attention=$$attn seed=$$seed $(if $(EPOCHS),trainer.epochs=$(EPOCHS)) $(ARGS) || exit $$?; \
+	done; done
+
+ui: $(STAMP)  ## open the MLflow UI over the run store on http://127.0.0.1:$(PORT)
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(VENV)/bin/mlflow ui --backend-store-uri $${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db} --host 127.0.0.1 --port $(PORT) --workers 1
+
+test: $(STAMP)  ## run the test suite (what CI runs)
+	$(PY) -m pytest -q
+
+clean:  ## remove caches and the virtualenv (keeps data/, runs/ and mlflow.db)
+	rm -rf $(VENV) .pytest_cache
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,0 +1,81 @@
+"""The shared multi-head wrapper: Q/K/V/O projections around any registered attention core.
+
+Backbones never talk to a core directly; they build `MultiHeadAttention(dim, heads, attention=...)`
+where `attention` is a registry name, an `AttentionSpec` (name + options) or an `AttentionCore`
+subclass. Whether the block is causal or cross-attention is stated here, at construction, so an
+incapable mechanism is refused before training starts.
+"""
+from __future__ import annotations
+
+from typing import Any
+
+from torch import Tensor, nn
+
+from .base import AttentionCore
+from .registry import ATTENTIONS, AttentionSpec, build_attention
+
+AttentionLike = str | AttentionSpec | type[AttentionCore]
+
+
+def make_core(attention: AttentionLike, *, num_heads: int, head_dim: int, causal: bool = False,
+              cross: bool = False, **options: Any) -> AttentionCore:
+    """Build a core from a name, a spec or a class (timm-style: a class bypasses the registry)."""
+    if isinstance(attention, type):
+        name = getattr(attention, "registry_name", None)
+        if name is None:
+            return attention(num_heads=num_heads, head_dim=head_dim, **options)
+        attention = name
+    if isinstance(attention, AttentionSpec):
+        options = {**attention.options, **options}
+        attention = attention.name
+    return build_attention(ATTENTIONS.canonical(attention), num_heads=num_heads, head_dim=head_dim,
+                           causal=causal, cross=cross, **options)
+
+
+class MultiHeadAttention(nn.Module):
+    def __init__(self, dim: int, num_heads: int, attention: AttentionLike = "softmax", *,
+                 context_dim: int | None = None, causal: bool = False, cross: bool = False,
+                 qkv_bias: bool = False):
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+        self.num_heads, self.head_dim, self.causal, self.cross = num_heads, dim // num_heads, causal, cross
+        self.core = make_core(attention, num_heads=num_heads, head_dim=self.head_dim,
+                              causal=causal, cross=cross)
+        self.to_q = nn.Linear(dim, dim, bias=qkv_bias)
+        self.to_kv = nn.Linear(context_dim or dim, 2 * dim, bias=qkv_bias)
+        self.to_out = nn.Linear(dim, dim)
+
+    def _heads(self, x: Tensor) -> Tensor:
+        b, n, _ = x.shape
+        return x.view(b, n, self.num_heads, self.head_dim).transpose(1, 2)  # (B, H, N, D)
+
+    def _project(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor, Tensor]:
+        context = x if context is None else context
+        q = self._heads(self.to_q(x))  # (B, H, Nq, D)
+        k, v = (self._heads(t) for t in self.to_kv(context).chunk(2, dim=-1))  # (B, H, Nk, D) each
+        return q, k, v
+
+    def forward(self, x: Tensor, context: Tensor | None = None, key_padding_mask: Tensor | None = None,
+                query_padding_mask: Tensor | None = None) -> Tensor:
+        """x: (B, Nq, dim); context: (B, Nk, context_dim) for cross-attention, else None.
+
+        key_padding_mask: (B, Nk) True = padding. For self-attention it also marks the padded queries.
+        """
+        if context is not None and not self.cross:
+            raise ValueError("this block was built for self-attention; build it with cross=True")
+        if context is None and key_padding_mask is not None and query_padding_mask is None:
+            query_padding_mask = key_padding_mask
+        q, k, v = self._project(x, context)
+        out = self.core(q, k, v, key_padding_mask=key_padding_mask, causal=self.causal,
+                        query_padding_mask=query_padding_mask)  # (B, H, Nq, D)
+        b, _, n, _ = out.shape
+        return self.to_out(out.transpose(1, 2).reshape(b, n, -1))  # (B, Nq, dim)
+
+    def attention_maps(self, x: Tensor, context: Tensor | None = None,
+                       key_padding_mask: Tensor | None = None) -> Tensor:
+        """(B, H, Nq, Nk) attention of this block on input x, for plots and diagnostics."""
+        q, k, _ = self._project(x, context)
+        query_mask = key_padding_mask if context is None else None
+        return self.core.attention_matrix(q, k, key_padding_mask=key_padding_mask, causal=self.causal,
+                                          query_padding_mask=query_mask)

@@ -1,0 +1,1 @@
+"""Plumbing shared by the whole lab: registries, configuration, tracking, checkpoints, data helpers."""
