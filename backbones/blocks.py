@@ -1,0 +1,59 @@
+"""Pre-LN Transformer blocks shared by every backbone; the attention is chosen by name per role."""
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from attention import MultiHeadAttention
+from attention.multihead import AttentionLike
+
+
+class FeedForward(nn.Sequential):
+    def __init__(self, dim: int, hidden: int, dropout: float = 0.0):
+        super().__init__(nn.Linear(dim, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, dim),
+                         nn.Dropout(dropout))
+
+
+class TransformerBlock(nn.Module):
+    """x + Attn(LN(x)) [+ CrossAttn(LN(x), context)] + FFN(LN(x))."""
+
+    def __init__(self, dim: int, num_heads: int, attention: AttentionLike = "softmax", *,
+                 mlp_ratio: float = 4.0, dropout: float = 0.0, causal: bool = False,
+                 cross_attention: AttentionLike | None = None, context_dim: int | None = None):
+        super().__init__()
+        self.norm_attn = nn.LayerNorm(dim)
+        self.attn = MultiHeadAttention(dim, num_heads, attention, causal=causal)
+        self.cross = None
+        if cross_attention is not None:
+            self.norm_cross = nn.LayerNorm(dim)
+            self.cross = MultiHeadAttention(dim, num_heads, cross_attention, cross=True,
+                                            context_dim=context_dim)
+        self.norm_ffn = nn.LayerNorm(dim)
+        self.ffn = FeedForward(dim, int(dim * mlp_ratio), dropout)
+        self.dropout = nn.Dropout(dropout)
+
+    def forward(self, x: Tensor, padding_mask: Tensor | None = None, context: Tensor | None = None,
+                context_padding_mask: Tensor | None = None) -> Tensor:
+        """x: (B, N, dim); padding_mask: (B, N) True = padding; context: (B, M, context_dim)."""
+        x = x + self.dropout(self.attn(self.norm_attn(x), key_padding_mask=padding_mask))
+        if self.cross is not None:
+            x = x + self.dropout(self.cross(self.norm_cross(x), context, key_padding_mask=context_padding_mask,
+                                            query_padding_mask=padding_mask))
+        return x + self.ffn(self.norm_ffn(x))
+
+
+class Encoder(nn.Module):
+    """A stack of `depth` self-attention blocks followed by a final LayerNorm."""
+
+    def __init__(self, dim: int, depth: int, num_heads: int, attention: AttentionLike = "softmax", *,
+                 mlp_ratio: float = 4.0, dropout: float = 0.0, causal: bool = False):
+        super().__init__()
+        self.blocks = nn.ModuleList(
+            TransformerBlock(dim, num_heads, attention, mlp_ratio=mlp_ratio, dropout=dropout, causal=causal)
+            for _ in range(depth)
+        )
+        self.norm = nn.LayerNorm(dim)
+
+    def forward(self, x: Tensor, padding_mask: Tensor | None = None) -> Tensor:
+        for block in self.blocks:
+            x = block(x, padding_mask)
+        return self.norm(x)

@@ -1,0 +1,41 @@
+"""Vision Transformer (Dosovitskiy et al. 2021) with the attention chosen by name.
+
+Conv patch embedding, learned positions, an optional CLS token (prepended when the pooling reads it),
+pre-LN blocks, pooling from the registry, linear head. CIFAR preset: patch 4 -> 64 tokens.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from attention import AttentionSpec
+from attention.pooling import PoolingSpec, build_pooling
+
+from . import register_backbone
+from .blocks import Encoder
+
+
+@register_backbone("vit")
+class ViT(nn.Module):
+    def __init__(self, *, num_classes: int, image_size: int, in_channels: int, attention: AttentionSpec,
+                 pooling: PoolingSpec, patch_size: int = 4, dim: int = 192, depth: int = 6,
+                 num_heads: int = 4, mlp_ratio: float = 2.0, dropout: float = 0.0):
+        super().__init__()
+        if image_size % patch_size:
+            raise ValueError(f"image_size {image_size} is not divisible by patch_size {patch_size}")
+        self.patch_embed = nn.Conv2d(in_channels, dim, kernel_size=patch_size, stride=patch_size)
+        num_patches = (image_size // patch_size) ** 2
+        self.pool = build_pooling(pooling if pooling.name else PoolingSpec("cls", pooling.options), dim=dim)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim)) if self.pool.needs_cls_token else None
+        num_tokens = num_patches + (1 if self.cls_token is not None else 0)
+        self.pos_embed = nn.Parameter(torch.randn(1, num_tokens, dim) * 0.02)
+        self.encoder = Encoder(dim, depth, num_heads, attention, mlp_ratio=mlp_ratio, dropout=dropout)
+        self.head = nn.Linear(self.pool.output_dim, num_classes)
+
+    def forward(self, images: Tensor) -> Tensor:
+        """images: (B, C, H, W) normalised -> logits (B, num_classes)."""
+        x = self.patch_embed(images).flatten(2).transpose(1, 2)  # (B, N, dim)
+        if self.cls_token is not None:
+            x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1)  # (B, 1 + N, dim)
+        x = self.encoder(x + self.pos_embed)
+        return self.head(self.pool(x))

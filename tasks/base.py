@@ -1,0 +1,84 @@
+"""What a task is: its data, how to build its model, its loss and its metrics.
+
+The trainer (`train.py`) only talks to this interface. A task:
+
+* `prepare(root, synthetic=False, download=True)` (classmethod) makes the data ready under `root`:
+  download + checksum + safe extraction + preprocessing, or, with `synthetic=True`, a small learnable
+  stand-in written **in the upstream on-disk format**, so the real loader reads it.
+* `setup()` loads the splits; `datasets()` returns {"train", "val", "test"} map-style datasets whose
+  items `collate` turns into batch dicts. Batch keys are the model's forward keyword arguments, plus
+  "labels" (so `model(**inputs)` works for every backbone).
+* `build_model(model, attention, pooling)` assembles the backbone from the config specs.
+* `training_loss(model, batch, generator)` returns the scalar loss; random augmentation draws only
+  from `generator` (seeded per step by the trainer), which makes resumed runs exact.
+* `eval_step(model, batch)` returns per-example tensors (first dim = batch); the trainer concatenates
+  them over the split (and across ranks) and `metrics(outputs, split)` turns them into numbers and
+  figures. Metric names are bare ("accuracy"); the trainer prefixes the split ("val/accuracy").
+* `monitor` names the validation metric that selects the best checkpoint (higher is better).
+
+Task constructors: keyword parameters with defaults are the `task.*` config options; `data_root` and
+`download` come from the `data` section.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+import torch
+from torch import Tensor, nn
+from torch.utils.data import Dataset, default_collate
+
+from attention import AttentionSpec
+from attention.pooling import PoolingSpec
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Which backbone (`name`) and its options, from the `model` config section."""
+
+    name: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Evaluation:
+    metrics: dict[str, float]
+    figures: dict[str, Any] = field(default_factory=dict)  # name -> matplotlib Figure
+
+
+class Task:
+    monitor: ClassVar[str] = "accuracy"
+
+    def __init__(self, *, data_root: Path, download: bool):
+        self.data_root = Path(data_root)
+        self.download = download
+
+    @classmethod
+    def prepare(cls, root: Path, *, synthetic: bool = False, download: bool = True) -> None:
+        raise NotImplementedError
+
+    def setup(self) -> None:
+        raise NotImplementedError
+
+    def datasets(self) -> dict[str, Dataset]:
+        raise NotImplementedError
+
+    def collate(self, items: list) -> dict[str, Tensor]:
+        return default_collate(items)
+
+    def build_model(self, model: ModelSpec, attention: AttentionSpec, pooling: PoolingSpec) -> nn.Module:
+        raise NotImplementedError
+
+    def training_loss(self, model: nn.Module, batch: dict[str, Tensor], generator: torch.Generator) -> Tensor:
+        raise NotImplementedError
+
+    def eval_step(self, model: nn.Module, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    def metrics(self, outputs: dict[str, Tensor], split: str) -> Evaluation:
+        raise NotImplementedError
+
+    def describe(self) -> dict[str, Any]:
+        """Facts about the loaded data worth logging (sizes, classes); logged as run params."""
+        return {f"data.{split}_size": len(ds) for split, ds in self.datasets().items()}
