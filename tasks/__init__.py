@@ -20,3 +20,4 @@ def list_tasks(pattern: str = "*") -> list[str]:
 
 
 # task modules are imported here, one line each
+from . import modelnet  # noqa: E402,F401
