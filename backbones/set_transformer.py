@@ -6,6 +6,10 @@ points (B, N, 3 or 6) -> linear embedding -> `depth` ISAB blocks -> PMA (a learn
 Every attention here is cross-attention: in ISAB the M inducing points attend to the set (M x N), then the
 set attends to that summary (N x M), which costs O(N M) instead of O(N^2). A mechanism that cannot do
 cross-attention is refused when the model is built. Blocks are pre-LN like the rest of the lab.
+
+With a doubly-stochastic mechanism (sinkhorn, lotformer ...) PMA's single seed has to send its mass to the
+keys as their marginal prescribes (uniformly), so PMA becomes a mean of the value projections whatever the
+seed; `pooling=<name>` swaps in a registry pooling instead.
 """
 from __future__ import annotations
 

@@ -127,6 +127,7 @@ class ModelNet40(ClassificationTask):
         if not self.raw_present(self.data_root):
             self.fetch(self.data_root, download=self.download)
         from .modelnet_pyg import class_folders, load_split
+
         folder = self.folder(self.data_root)
         train_points, train_labels = load_split(folder, self.variant, True, self.num_points, self.normals)
         test_points, test_labels = load_split(folder, self.variant, False, self.num_points, self.normals)

@@ -154,3 +154,29 @@ def test_a_placed_archive_is_verified_and_unzipped_into_the_raw_layout(root, tmp
     task = make_task(tmp_path)
     assert task.class_names == SHAPE_CLASSES and len(task.datasets()["test"]) == 64
     assert not (tmp_path / "ModelNet40" / "unpacked").exists()
+
+
+def test_a_short_run_learns_the_synthetic_shapes(root):
+    from torch.utils.data import DataLoader
+
+    from attention import AttentionSpec
+    from attention.pooling import PoolingSpec
+    from tasks.base import ModelSpec
+
+    task = make_task(root)
+    options = dict(dim=32, depth=1, num_heads=2, neighbours=8, num_tokens=32, head_hidden=32, head_dropout=0.0)
+    model = task.build_model(ModelSpec("point_transformer", options), AttentionSpec("softmax"), PoolingSpec())
+    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    loader = DataLoader(task.datasets()["train"], batch_size=16, shuffle=True, collate_fn=task.collate,
+                        generator=torch.Generator().manual_seed(0))
+    augmentation = torch.Generator().manual_seed(0)
+    for _ in range(6):
+        for batch in loader:
+            loss = task.training_loss(model, batch, augmentation)
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    model.eval()
+    test = task.collate([task.datasets()["test"][i] for i in range(64)])
+    metrics = task.metrics(task.eval_step(model, test), "test").metrics
+    assert metrics["accuracy"] >= 0.5 and metrics["mean_class_accuracy"] >= 0.5  # chance: 1/8

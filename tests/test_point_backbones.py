@@ -39,8 +39,11 @@ def test_logits_and_gradients_reach_every_parameter(backbone, attention):
     logits = model(points)
     assert logits.shape == (3, 5) and torch.isfinite(logits).all()
     logits.square().sum().backward()
-    missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
-    assert not missing, f"no gradient reached {missing}"
+    missing = {n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0}
+    if backbone == "set_transformer" and get_attention(attention).doubly_stochastic:
+        # one seed query must spread its mass as the key marginal says, whatever the query is
+        missing -= {"pool.mab.norm_query.weight", "pool.mab.norm_query.bias", "pool.mab.attn.to_q.weight"}
+    assert not missing, f"no gradient reached {sorted(missing)}"
 
 
 @pytest.mark.parametrize("backbone", sorted(SMALL))
