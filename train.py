@@ -245,6 +245,7 @@ class Trainer:
 
     def _test(self, tracker: Tracker) -> dict[str, float]:
         best = self.run_dir / "best.pt"
+        self.dist.barrier()  # rank 0 has finished writing best.pt
         if best.exists():
             self.model.load_state_dict(load_checkpoint(best)["model"])
         evaluation = self.evaluate("test")
@@ -260,6 +261,7 @@ class Trainer:
         if fresh and self.dist.is_main:
             self.run_dir = new_run_dir(Path(cfg.output_dir), cfg.run_name)
             (self.run_dir / "config.yaml").write_text(cfg.to_yaml())
+        self.run_dir = self.dist.broadcast(self.run_dir)
         tracker = Tracker(cfg, self.run_id, enabled=self.dist.is_main)
         self.run_id = tracker.run_id
         num_params = sum(p.numel() for p in self.model.parameters())

@@ -100,6 +100,18 @@ class Distributed:
         dist.all_gather_object(parts, {k: v.cpu() for k, v in tensors.items()})
         return {key: torch.cat([part[key] for part in parts]) for key in tensors}
 
+    def broadcast(self, obj):
+        """Rank 0's value of `obj` on every rank."""
+        if self.world_size == 1:
+            return obj
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def barrier(self) -> None:
+        if self.world_size > 1:
+            dist.barrier()
+
     def any(self, flag: bool) -> bool:
         if self.world_size == 1:
             return flag
