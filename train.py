@@ -31,6 +31,7 @@ from attention.pooling import PoolingSpec
 from lab.checkpoint import find_resumable, load_checkpoint, new_run_dir, save_checkpoint
 from lab.config import Config, load_config
 from lab.data import EpochBatchSampler, batches_per_epoch, make_loader, to_device
+from lab.diagnostics import capture_attention, marginal_deviations, plot_attention_maps
 from lab.download import DataError
 from lab.hooks import collect_auxiliary_losses, run_after_step_hooks
 from lab.optim import build_optimizer, lr_at, set_lr
@@ -132,9 +133,19 @@ class Trainer:
         outputs = self.dist.gather({key: torch.cat(values) for key, values in parts.items()})
         return self.task.metrics(outputs, split)
 
+    def _attention_probe(self, split: str = "val") -> list:
+        """Dense attention of every self-attention block on two examples (for diagnostics and figures)."""
+        dataset = self.splits[split]
+        batch = to_device(self.task.collate([dataset[i] for i in range(min(2, len(dataset)))]), self.device)
+        self.model.eval()
+        maps = capture_attention(self.model, lambda: self.task.eval_step(self.model, batch))
+        self.model.train()
+        return maps
+
     def _validate(self, tracker: Tracker) -> None:
         evaluation = self.evaluate("val")
-        tracker.log_metrics({f"val/{k}": v for k, v in evaluation.metrics.items()}, self.step)
+        diagnostics = marginal_deviations(self._attention_probe()) if self.dist.is_main else {}
+        tracker.log_metrics({**{f"val/{k}": v for k, v in evaluation.metrics.items()}, **diagnostics}, self.step)
         for figure in evaluation.figures.values():
             import matplotlib.pyplot as plt
 
@@ -253,6 +264,10 @@ class Trainer:
         tracker.log_metrics(metrics, self.step)
         for name, figure in evaluation.figures.items():
             tracker.log_figure(figure, f"figures/{name}_test.png")
+        if self.dist.is_main:
+            maps = self._attention_probe("test")
+            if maps:
+                tracker.log_figure(plot_attention_maps(maps), "figures/attention_maps_test.png")
         return metrics
 
     def run(self) -> int:

@@ -67,7 +67,10 @@ def test_end_to_end_run_is_tracked_and_learns(tmp_path, data_root, monkeypatch):
     assert run.data.tags["task"] == "cifar10" and run.data.tags["seed"] == "0" and "git_commit" in run.data.tags
     artifacts = {a.path for a in c.list_artifacts(run.info.run_id)}
     assert "config.yaml" in artifacts
-    assert {a.path for a in c.list_artifacts(run.info.run_id, "figures")} == {"figures/confusion_matrix_test.png"}
+    assert {a.path for a in c.list_artifacts(run.info.run_id, "figures")} == {
+        "figures/confusion_matrix_test.png", "figures/attention_maps_test.png"}
+    # softmax rows sum to one; its columns do not: the diagnostics must tell them apart
+    assert metrics["attention/row_sum_max_dev"] < 1e-5 and metrics["attention/col_sum_max_dev"] > 0.05
     run_dir = Path(run.data.tags["run_dir"])
     assert (run_dir / "best.pt").exists() and (run_dir / "last.pt").exists() and (run_dir / "config.yaml").exists()
 
