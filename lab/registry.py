@@ -52,9 +52,8 @@ class Option:
         """Return `value` coerced to this option's type, or raise ConfigError."""
         ok, coerced = _coerce(value, self.annotation)
         if not ok:
-            raise ConfigError(
-                f"{where}.{self.name} must be {_type_name(self.annotation)}, got {value!r}"
-            )
+            label = f"{where}.{self.name}" if where else self.name
+            raise ConfigError(f"{label} must be {_type_name(self.annotation)}, got {value!r}")
         return coerced
 
 

@@ -19,5 +19,5 @@ def list_tasks(pattern: str = "*") -> list[str]:
     return TASKS.names(pattern)
 
 
-# task modules are imported here, one line each
+from . import cifar  # noqa: E402,F401
 from . import modelnet  # noqa: E402,F401

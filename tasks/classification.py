@@ -35,15 +35,18 @@ class ClassificationTask(Task):
         return build_backbone(model.name, num_classes=self.num_classes, attention=attention, pooling=pooling,
                               **self.backbone_inputs(), **model.options)
 
-    def augment(self, batch: dict[str, Tensor], generator: torch.Generator) -> dict[str, Tensor]:
+    def transform(self, batch: dict[str, Tensor], generator: torch.Generator | None) -> dict[str, Tensor]:
+        """Batch preprocessing on the device: augmentation when `generator` is given (training), then
+        normalisation. Identity by default."""
         return batch
 
     def training_loss(self, model, batch, generator):
-        batch = self.augment(batch, generator)
+        batch = self.transform(batch, generator)
         return F.cross_entropy(model(**model_inputs(batch)), batch["labels"])
 
     @torch.no_grad()
     def eval_step(self, model, batch):
+        batch = self.transform(batch, None)
         logits = model(**model_inputs(batch)).float()
         return {"predictions": logits.argmax(-1), "labels": batch["labels"],
                 "loss": F.cross_entropy(logits, batch["labels"], reduction="none")}

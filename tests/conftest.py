@@ -13,3 +13,13 @@ os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 def _seed():
     torch.manual_seed(42)
     yield
+
+
+@pytest.fixture(autouse=True)
+def _isolated_tracking_uri():
+    """mlflow.set_tracking_uri exports MLFLOW_TRACKING_URI; keep one test's store out of the next."""
+    saved = os.environ.pop("MLFLOW_TRACKING_URI", None)
+    yield
+    os.environ.pop("MLFLOW_TRACKING_URI", None)
+    if saved is not None:
+        os.environ["MLFLOW_TRACKING_URI"] = saved

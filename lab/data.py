@@ -1,0 +1,61 @@
+"""Batches in a reproducible order: the sampler that makes resumed runs repeat the same batches."""
+from __future__ import annotations
+
+import math
+from typing import Iterator
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from .runtime import step_seed
+
+
+class EpochBatchSampler(Sampler[list[int]]):
+    """Index batches for one epoch: a permutation seeded by (seed, epoch), sharded across ranks,
+    starting at batch `start` (to resume mid-epoch)."""
+
+    def __init__(self, size: int, batch_size: int, *, shuffle: bool, seed: int = 0, epoch: int = 0,
+                 start: int = 0, rank: int = 0, world_size: int = 1):
+        self.size, self.batch_size, self.shuffle = size, batch_size, shuffle
+        self.seed, self.epoch, self.start = seed, epoch, start
+        self.rank, self.world_size = rank, world_size
+
+    def _indices(self) -> list[int]:
+        if self.shuffle:
+            generator = torch.Generator().manual_seed(step_seed(self.seed, self.epoch, -1))
+            order = torch.randperm(self.size, generator=generator).tolist()
+        else:
+            order = list(range(self.size))
+        if self.world_size > 1:
+            per_rank = math.ceil(self.size / self.world_size)
+            order = (order * 2)[: per_rank * self.world_size] if self.shuffle else order
+            order = order[self.rank::self.world_size]
+        return order
+
+    def __iter__(self) -> Iterator[list[int]]:
+        order = self._indices()
+        for begin in range(self.start * self.batch_size, len(order), self.batch_size):
+            yield order[begin:begin + self.batch_size]
+
+    def __len__(self) -> int:
+        return max(0, math.ceil(len(self._indices()) / self.batch_size) - self.start)
+
+
+def batches_per_epoch(size: int, batch_size: int, world_size: int = 1) -> int:
+    return math.ceil(math.ceil(size / world_size) / batch_size)
+
+
+def make_loader(dataset: Dataset, sampler: EpochBatchSampler, collate, num_workers: int,
+                device: torch.device) -> DataLoader:
+    return DataLoader(dataset, batch_sampler=sampler, collate_fn=collate, num_workers=num_workers,
+                      pin_memory=device.type == "cuda", persistent_workers=False)
+
+
+def to_device(batch, device: torch.device):
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, dict):
+        return {key: to_device(value, device) for key, value in batch.items()}
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(to_device(value, device) for value in batch)
+    return batch

@@ -1,0 +1,139 @@
+"""The trainer end to end on synthetic CIFAR: MLflow records, exact resume, NaN guard, SIGTERM."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+import train
+from tasks.cifar import Cifar10
+from tasks.synthetic_cifar import write_synthetic_cifar
+
+PROJECT = Path(__file__).resolve().parent.parent
+TINY = ["task=cifar10", "attention=softmax", "model.dim=32", "model.depth=1", "model.num_heads=2",
+        "trainer.batch_size=32", "trainer.lr=3e-3", "tracking.system_metrics=false", "trainer.log_every=1"]
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    write_synthetic_cifar(root / Cifar10.folder, Cifar10, train_per_class=40, test_per_class=10)
+    return root
+
+
+def args_for(tmp: Path, data_root: Path, *extra: str) -> list[str]:
+    return [*TINY, f"data.root={data_root}", f"output_dir={tmp}/runs", f"tracking.uri=sqlite:///{tmp}/mlflow.db",
+            *extra]
+
+
+def client(tmp: Path):
+    from mlflow.tracking import MlflowClient
+
+    return MlflowClient(f"sqlite:///{tmp}/mlflow.db")
+
+
+def only_run(tmp: Path):
+    c = client(tmp)
+    experiment = c.get_experiment_by_name("cifar10")
+    runs = c.search_runs([experiment.experiment_id])
+    assert len(runs) == 1
+    return c, runs[0]
+
+
+def last_state(tmp: Path) -> dict:
+    (path,) = (tmp / "runs").glob("*/*/last.pt")
+    return torch.load(path, weights_only=True)
+
+
+def test_end_to_end_run_is_tracked_and_learns(tmp_path, data_root, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    assert train.main(args_for(tmp_path, data_root, "trainer.epochs=3")) == 0
+    c, run = only_run(tmp_path)
+    assert run.info.run_name == "cifar10-softmax-s0" and run.info.status == "FINISHED"
+    metrics = run.data.metrics
+    for name in ("train/loss", "train/lr", "train/samples_per_s", "val/accuracy", "test/accuracy",
+                 "test/mean_class_accuracy"):
+        assert name in metrics, name
+    assert metrics["test/accuracy"] > 0.5, "synthetic classes are learnable: far above 10% chance"
+    assert len(c.get_metric_history(run.info.run_id, "train/loss")) > 10
+    params = run.data.params
+    assert params["trainer.lr"] == "0.003" and params["attention.name"] == "softmax" and "model.num_parameters" in params
+    assert run.data.tags["task"] == "cifar10" and run.data.tags["seed"] == "0" and "git_commit" in run.data.tags
+    artifacts = {a.path for a in c.list_artifacts(run.info.run_id)}
+    assert "config.yaml" in artifacts
+    assert {a.path for a in c.list_artifacts(run.info.run_id, "figures")} == {
+        "figures/confusion_matrix_test.png", "figures/attention_maps_test.png"}
+    # softmax rows sum to one; its columns do not: the diagnostics must tell them apart
+    assert metrics["attention/row_sum_max_dev"] < 1e-5 and metrics["attention/col_sum_max_dev"] > 0.05
+    run_dir = Path(run.data.tags["run_dir"])
+    assert (run_dir / "best.pt").exists() and (run_dir / "last.pt").exists() and (run_dir / "config.yaml").exists()
+
+
+def test_resume_equals_uninterrupted(tmp_path, data_root):
+    """N steps, stop, N more == 2N steps straight (crossing an epoch boundary and a validation)."""
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    common = ("trainer.epochs=4", "trainer.batch_size=64")  # 6 batches per epoch
+    assert train.main(args_for(split, data_root, *common, "trainer.max_steps=4")) == 0
+    assert last_state(split)["step"] == 4
+    assert train.main(args_for(split, data_root, *common, "trainer.max_steps=9")) == 0  # resume=auto
+    assert train.main(args_for(straight, data_root, *common, "trainer.max_steps=9", "resume=null")) == 0
+    resumed, uninterrupted = last_state(split), last_state(straight)
+    assert resumed["step"] == uninterrupted["step"] == 9
+    for name, value in uninterrupted["model"].items():
+        assert torch.equal(resumed["model"][name], value), name
+    _, run = only_run(split)  # the continuation logged into the same MLflow run
+    steps = [m.step for m in client(split).get_metric_history(run.info.run_id, "train/loss")]
+    assert steps == list(range(1, 10))
+
+
+def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, data_root, monkeypatch):
+    original = Cifar10.training_loss
+    calls = {"n": 0}
+
+    def poisoned(self, model, batch, generator):
+        calls["n"] += 1
+        loss = original(self, model, batch, generator)
+        return loss * float("nan") if calls["n"] == 3 else loss
+
+    monkeypatch.setattr(Cifar10, "training_loss", poisoned)
+    code = train.main(args_for(tmp_path, data_root, "trainer.epochs=2", "trainer.eval_every=1"))
+    assert code == 1
+    state = last_state(tmp_path)
+    assert state["step"] == 2
+    assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
+    _, run = only_run(tmp_path)
+    assert run.info.status == "FAILED" and "non-finite loss at step 3" in run.data.tags["failure"]
+
+
+def test_sigterm_saves_and_resumes(tmp_path, data_root):
+    env = {**os.environ, "MLFLOW_DISABLE_TELEMETRY": "true", "PYTHONUNBUFFERED": "1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    command = [sys.executable, str(PROJECT / "train.py"),
+               *args_for(tmp_path, data_root, "trainer.epochs=50", "trainer.batch_size=8")]
+    process = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                               text=True)
+    seen = []
+    deadline = time.time() + 120
+    for line in process.stdout:  # wait until training is under way
+        seen.append(line)
+        if line.startswith("step 2/"):
+            break
+        assert time.time() < deadline, "".join(seen)
+    process.send_signal(signal.SIGTERM)
+    out, _ = process.communicate(timeout=120)
+    assert process.returncode == 128 + signal.SIGTERM, "".join(seen) + out
+    stopped_at = last_state(tmp_path)["step"]
+    assert stopped_at >= 2
+    _, run = only_run(tmp_path)
+    assert run.info.status == "KILLED"
+    assert train.main(args_for(tmp_path, data_root, "trainer.epochs=50", "trainer.batch_size=8",
+                               f"trainer.max_steps={stopped_at + 2}")) == 0
+    _, resumed = only_run(tmp_path)
+    assert resumed.info.run_id == run.info.run_id and resumed.info.status == "FINISHED"
+    assert last_state(tmp_path)["step"] == stopped_at + 2

@@ -1,0 +1,337 @@
+"""OT-Attention Lab: the one training entry point.
+
+    python train.py task=cifar10 attention=esp                         # one process: CUDA, MPS or CPU
+    python train.py task=modelnet40 attention=lotformer trainer.epochs=50 model.depth=4
+    python train.py experiment=modelnet_set_transformer attention=sinkhorn
+    python train.py --print-config task=cifar10 attention=luna        # show the resolved config, exit
+    torchrun --nproc_per_node=2 train.py task=cifar10 attention=luna  # data parallel (gloo/NCCL)
+
+Groups: task=, attention=, pooling=, model= (the backbone), experiment= (a paper preset); any other
+key as section.key=value (see configs/train.yaml). Bad keys, names or types exit with code 2 and one
+line naming the valid choices, before anything is written.
+
+Each run is tracked in MLflow (experiment = task, run = <task>-<attention>-s<seed>; `make ui`) and
+checkpointed to runs/<run>/<time>/{last,best}.pt. Ctrl-C or SIGTERM saves and exits; running the same
+command again resumes (resume=auto), including the MLflow run. A NaN/inf loss stops the run and keeps
+the last good checkpoint. The final test metrics come from the best validation checkpoint.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from attention import AttentionSpec
+from attention.pooling import PoolingSpec
+from lab.checkpoint import find_resumable, load_checkpoint, new_run_dir, save_checkpoint
+from lab.config import Config, load_config
+from lab.data import EpochBatchSampler, batches_per_epoch, make_loader, to_device
+from lab.diagnostics import capture_attention, marginal_deviations, plot_attention_maps
+from lab.download import DataError
+from lab.hooks import collect_auxiliary_losses, run_after_step_hooks
+from lab.optim import build_optimizer, lr_at, set_lr
+from lab.registry import ConfigError
+from lab.runtime import (Distributed, StopSignal, autocast_context, rng_state, seed_everything, select_device,
+                         set_rng_state, step_seed)
+from lab.tracking import Tracker, flatten, git_commit
+from tasks import build_task
+from tasks.base import ModelSpec
+
+# keys that may change between an interrupted run and its continuation
+RESUMABLE_CHANGES = {"resume", "device", "trainer.max_steps", "trainer.num_workers", "trainer.log_every",
+                     "tracking.uri", "tracking.system_metrics", "tracking.log_checkpoint"}
+
+
+def fingerprint(cfg: Config) -> str:
+    flat = {k: v for k, v in flatten(cfg.to_dict()).items() if k not in RESUMABLE_CHANGES}
+    return hashlib.sha256(json.dumps(flat, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+class Trainer:
+    """Builds everything from a validated Config (errors here happen before MLflow is touched)."""
+
+    def __init__(self, cfg: Config):
+        self.cfg, tc = cfg, cfg.trainer
+        self.device = select_device(cfg.device)
+        self.dist = Distributed(self.device)
+        self.task = build_task(cfg.task.name, data_root=Path(cfg.data.root), download=cfg.data.download,
+                               **cfg.task.options)
+        self.task.setup()
+        seed_everything(cfg.seed)  # identical initial weights on every rank
+        model = self.task.build_model(ModelSpec(cfg.model.name, cfg.model.options),
+                                      AttentionSpec(cfg.attention.name, cfg.attention.options),
+                                      PoolingSpec(cfg.pooling.name, cfg.pooling.options))
+        self.model = model.to(self.device)
+        self.optimizer = build_optimizer(self.model, tc)
+        self.splits = self.task.datasets()
+        self.batches_per_epoch = batches_per_epoch(len(self.splits["train"]), tc.batch_size, self.dist.world_size)
+        self.steps_per_epoch = math.ceil(self.batches_per_epoch / tc.accumulate)
+        self.total_steps = tc.epochs * self.steps_per_epoch
+        self.planned_steps = min(self.total_steps, tc.max_steps) if tc.max_steps else self.total_steps
+        self.fingerprint = fingerprint(cfg)
+        self.step = self.epoch = self.batch_in_epoch = 0
+        self.best_metric = -math.inf
+        self.run_id: str | None = None
+        self.run_dir: Path | None = None
+        self._maybe_resume()
+        self.train_model = self.model
+        if self.dist.world_size > 1:
+            self.train_model = torch.nn.parallel.DistributedDataParallel(self.model)
+
+    # -- checkpoints ----------------------------------------------------------------------------
+    def _maybe_resume(self) -> None:
+        resume = self.cfg.resume
+        if resume in (None, "", "none", "null"):
+            return
+        if resume == "auto":
+            path = find_resumable(Path(self.cfg.output_dir), self.cfg.run_name, self.fingerprint, self.planned_steps)
+            if path is None:
+                return
+        else:
+            path = Path(resume)
+        state = load_checkpoint(path)
+        if state.get("fingerprint") != self.fingerprint:
+            print(f"warning: {path} was written with a different config; resuming it anyway", flush=True)
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
+        self.best_metric, self.run_id = state["best_metric"], state["mlflow_run_id"]
+        self.run_dir = path.parent
+        set_rng_state(state["rng"])
+        print(f"resuming {path} at step {self.step} (epoch {self.epoch}, batch {self.batch_in_epoch})", flush=True)
+
+    def _save(self, name: str) -> None:
+        if not self.dist.is_main:
+            return
+        save_checkpoint({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+                         "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
+                         "best_metric": self.best_metric, "rng": rng_state(), "config": self.cfg.to_dict(),
+                         "fingerprint": self.fingerprint, "mlflow_run_id": self.run_id},
+                        self.run_dir / f"{name}.pt")
+
+    # -- evaluation -----------------------------------------------------------------------------
+    @torch.no_grad()
+    def evaluate(self, split: str):
+        dataset = self.splits[split]
+        sampler = EpochBatchSampler(len(dataset), self.cfg.trainer.batch_size, shuffle=False,
+                                    rank=self.dist.rank, world_size=self.dist.world_size)
+        loader = make_loader(dataset, sampler, self.task.collate, self.cfg.trainer.num_workers, self.device)
+        self.model.eval()
+        parts: dict[str, list[torch.Tensor]] = {}
+        for batch in loader:
+            with autocast_context(self.device, self.cfg.trainer.precision):
+                out = self.task.eval_step(self.model, to_device(batch, self.device))
+            for key, value in out.items():
+                parts.setdefault(key, []).append(value.detach().float().cpu() if value.is_floating_point()
+                                                 else value.detach().cpu())
+        self.model.train()
+        outputs = self.dist.gather({key: torch.cat(values) for key, values in parts.items()})
+        return self.task.metrics(outputs, split)
+
+    def _attention_probe(self, split: str = "val") -> list:
+        """Dense attention of every self-attention block on two examples (for diagnostics and figures)."""
+        dataset = self.splits[split]
+        batch = to_device(self.task.collate([dataset[i] for i in range(min(2, len(dataset)))]), self.device)
+        self.model.eval()
+        maps = capture_attention(self.model, lambda: self.task.eval_step(self.model, batch))
+        self.model.train()
+        return maps
+
+    def _validate(self, tracker: Tracker) -> None:
+        evaluation = self.evaluate("val")
+        diagnostics = marginal_deviations(self._attention_probe()) if self.dist.is_main else {}
+        tracker.log_metrics({**{f"val/{k}": v for k, v in evaluation.metrics.items()}, **diagnostics}, self.step)
+        for figure in evaluation.figures.values():
+            import matplotlib.pyplot as plt
+
+            plt.close(figure)
+        score = evaluation.metrics[self.task.monitor]
+        summary = " ".join(f"{k} {v:.4f}" for k, v in evaluation.metrics.items())
+        epoch = self.epoch + self.batch_in_epoch / self.batches_per_epoch
+        self._print(f"step {self.step} (epoch {epoch:.2f}) val: {summary}")
+        if score > self.best_metric:
+            self.best_metric = score
+            self._save("best")
+        self._save("last")
+
+    # -- training -------------------------------------------------------------------------------
+    def _print(self, message: str) -> None:
+        if self.dist.is_main:
+            print(message, flush=True)
+
+    def _optimizer_step(self) -> dict[str, float]:
+        tc = self.cfg.trainer
+        lr = lr_at(self.step, self.total_steps, tc)
+        set_lr(self.optimizer, lr)
+        stats = {"train/lr": lr}
+        if tc.grad_clip > 0:
+            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
+            stats["train/grad_norm"] = float(norm)
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        stats.update(run_after_step_hooks(self.model))
+        self.step += 1
+        return stats
+
+    def _train(self, tracker: Tracker, stop: StopSignal) -> str:
+        """Train until the planned step count; returns "done", "stopped" or "diverged"."""
+        cfg, tc = self.cfg, self.cfg.trainer
+        train_set = self.splits["train"]
+        window = {"loss": 0.0, "count": 0, "samples": 0, "start": time.perf_counter()}
+        self.train_model.train()
+        while self.epoch < tc.epochs and self.step < self.planned_steps:
+            sampler = EpochBatchSampler(len(train_set), tc.batch_size, shuffle=True, seed=cfg.seed, epoch=self.epoch,
+                                        start=self.batch_in_epoch, rank=self.dist.rank,
+                                        world_size=self.dist.world_size)
+            loader = make_loader(train_set, sampler, self.task.collate, tc.num_workers, self.device)
+            progress = self._progress_bar()
+            for batch in loader:
+                generator = torch.Generator().manual_seed(step_seed(cfg.seed, self.epoch, self.batch_in_epoch))
+                batch = to_device(batch, self.device)
+                with autocast_context(self.device, tc.precision):
+                    loss = self.task.training_loss(self.train_model, batch, generator)
+                    auxiliary = collect_auxiliary_losses(self.model)
+                total = loss + sum(auxiliary.values()) if auxiliary else loss
+                if self.dist.any(not bool(torch.isfinite(total))):
+                    self._print(f"error: non-finite loss ({float(total.detach())}) at step {self.step + 1}; stopping. "
+                                f"The last good checkpoint is kept in {self.run_dir}")
+                    tracker.set_tags({"failure": f"non-finite loss at step {self.step + 1}"})
+                    return "diverged"
+                (total / tc.accumulate).backward()
+                self.batch_in_epoch += 1
+                window["loss"] += float(loss.detach())
+                window["count"] += 1
+                window["samples"] += len(batch["labels"]) if "labels" in batch else tc.batch_size
+                if progress is not None:
+                    progress.update(1)
+                if self.batch_in_epoch % tc.accumulate and self.batch_in_epoch < self.batches_per_epoch:
+                    continue
+                stats = self._optimizer_step()
+                if self.step % tc.log_every == 0 or self.step == self.planned_steps:
+                    self._log_train(tracker, window, stats, auxiliary, progress)
+                if tc.eval_every and self.step % tc.eval_every == 0:
+                    self._validate(tracker)
+                if self.step >= self.planned_steps or stop.received is not None:
+                    break
+            if progress is not None:
+                progress.close()
+            if self.batch_in_epoch >= self.batches_per_epoch:
+                self.epoch += 1
+                self.batch_in_epoch = 0
+                if not tc.eval_every:
+                    self._validate(tracker)
+            if stop.received is not None:
+                self._save("last")
+                return "stopped"
+        self._save("last")
+        return "done"
+
+    def _progress_bar(self):
+        if not (self.dist.is_main and sys.stderr.isatty()):
+            return None
+        from tqdm import tqdm
+
+        return tqdm(total=self.batches_per_epoch, initial=self.batch_in_epoch, leave=False, dynamic_ncols=True,
+                    desc=f"epoch {self.epoch + 1}/{self.cfg.trainer.epochs}")
+
+    def _log_train(self, tracker, window, stats, auxiliary, progress) -> None:
+        elapsed = time.perf_counter() - window["start"]
+        metrics = {"train/loss": window["loss"] / max(1, window["count"]),
+                   "train/samples_per_s": window["samples"] * self.dist.world_size / max(elapsed, 1e-9),
+                   "train/epoch": self.epoch + self.batch_in_epoch / self.batches_per_epoch, **stats,
+                   **{f"aux/{k}": float(v) for k, v in auxiliary.items()}}
+        tracker.log_metrics(metrics, self.step)
+        line = (f"loss {metrics['train/loss']:.4f} lr {stats['train/lr']:.2e} "
+                f"{metrics['train/samples_per_s']:.0f} samples/s")
+        if progress is not None:
+            progress.set_postfix_str(line)
+        else:
+            self._print(f"step {self.step}/{self.planned_steps} (epoch {self.epoch + 1}) {line}")
+        window.update(loss=0.0, count=0, samples=0, start=time.perf_counter())
+
+    def _test(self, tracker: Tracker) -> dict[str, float]:
+        best = self.run_dir / "best.pt"
+        self.dist.barrier()  # rank 0 has finished writing best.pt
+        if best.exists():
+            self.model.load_state_dict(load_checkpoint(best)["model"])
+        evaluation = self.evaluate("test")
+        metrics = {f"test/{k}": v for k, v in evaluation.metrics.items()}
+        tracker.log_metrics(metrics, self.step)
+        for name, figure in evaluation.figures.items():
+            tracker.log_figure(figure, f"figures/{name}_test.png")
+        if self.dist.is_main:
+            maps = self._attention_probe("test")
+            if maps:
+                tracker.log_figure(plot_attention_maps(maps), "figures/attention_maps_test.png")
+        return metrics
+
+    def run(self) -> int:
+        cfg = self.cfg
+        fresh = self.run_dir is None
+        if fresh and self.dist.is_main:
+            self.run_dir = new_run_dir(Path(cfg.output_dir), cfg.run_name)
+            (self.run_dir / "config.yaml").write_text(cfg.to_yaml())
+        self.run_dir = self.dist.broadcast(self.run_dir)
+        tracker = Tracker(cfg, self.run_id, enabled=self.dist.is_main)
+        self.run_id = tracker.run_id
+        num_params = sum(p.numel() for p in self.model.parameters())
+        tracker.log_params({**flatten(cfg.to_dict()), "model.num_parameters": num_params, **self.task.describe()})
+        tracker.set_tags({"task": cfg.task.name, "attention": cfg.attention.name, "seed": cfg.seed,
+                          "pooling": cfg.pooling.name or "default", "backbone": cfg.model.name,
+                          "git_commit": git_commit(), "device": str(self.device), "run_dir": str(self.run_dir),
+                          "world_size": self.dist.world_size})
+        if fresh:
+            tracker.log_text(cfg.to_yaml(), "config.yaml")
+        self._print(f"{cfg.run_name}: {num_params / 1e6:.2f}M parameters on {self.device}, "
+                    f"{self.planned_steps} optimizer steps ({self.steps_per_epoch}/epoch), checkpoints in {self.run_dir}")
+        stop = StopSignal()
+        try:
+            outcome = self._train(tracker, stop)
+            if outcome == "stopped":
+                tracker.end("KILLED")
+                self._print(f"stopped at step {self.step}; run the same command again to resume")
+                return 128 + stop.received
+            if outcome == "diverged":
+                tracker.end("FAILED")
+                return 1
+            metrics = self._test(tracker)
+            if cfg.tracking.log_checkpoint and (self.run_dir / "best.pt").exists():
+                tracker.log_artifact(self.run_dir / "best.pt", "checkpoints")
+        except BaseException:
+            tracker.end("FAILED")
+            raise
+        finally:
+            stop.restore()
+            self.dist.close()
+        tracker.end("FINISHED")
+        self._print("test: " + " ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
+        self._print(tracker.ui_hint())
+        return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if "-h" in argv or "--help" in argv:
+        print(__doc__)
+        return 0
+    print_config = "--print-config" in argv
+    args = [a for a in argv if a != "--print-config"]
+    try:
+        cfg = load_config(args)
+        if print_config:
+            print(cfg.to_yaml(), end="")
+            return 0
+        trainer = Trainer(cfg)
+    except (ConfigError, DataError, ValueError) as error:
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    return trainer.run()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
