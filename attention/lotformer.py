@@ -8,7 +8,7 @@ Per head: r pivots Z (r, D), initialised N(0, 1/D), with masses b = softmax(ℓ 
     S¹ = q Zᵀ (n×r),   P¹ ∈ Π(μ, b), cost −S¹;      S² = Z kᵀ (r×m),   P² ∈ Π(b, ν), cost −S²,
 
 both by `half_steps` log-domain Sinkhorn half-steps at regularisation `eps`, starting with a row update
-(`sinkhorn_solver.log_sinkhorn`). Gluing through the pivots gives the coupling Γ = P¹ diag(1/b) P²,
+(`sinkhorn_solver.sinkhorn_plan`). Gluing through the pivots gives the coupling Γ = P¹ diag(1/b) P²,
 and the attention is A = n·Γ (n = valid queries): rank ≤ r; with odd `half_steps` (default 5) P¹ has
 exact row sums 1/n and P² exact row sums b, so A is exactly row-stochastic; with an even count P² has
 exact column sums 1/m and P¹ exact column sums b, so A has exact column sums n/m (1 for self-attention).
@@ -31,7 +31,7 @@ from lab.registry import ConfigError
 
 from .base import AttentionCore
 from .registry import register_attention
-from .sinkhorn_solver import log_sinkhorn, log_uniform_mass
+from .sinkhorn_solver import log_uniform_mass, sinkhorn_plan
 
 
 @register_attention("lotformer")
@@ -75,12 +75,11 @@ class LOTFormerAttention(AttentionCore):
         log_query_mass, query_count = log_uniform_mass(query_padding_mask, q.shape[2], q)  # (B|1, 1, Nq)
         log_key_mass, key_count = log_uniform_mass(key_padding_mask, k.shape[2], k)  # (B|1, 1, Nk)
         log_masses = self.log_pivot_masses().to(q.dtype)  # (H, r), broadcasts against (B, H, r)
-        pivots = self.pivots.to(q.dtype)  # (H, r, D)
-        scale = q.shape[-1] ** -0.5
-        query_scores = (q * scale) @ pivots.transpose(-1, -2)  # (B, H, Nq, r) = S¹
-        key_scores = pivots @ (k * scale).transpose(-1, -2)  # (B, H, r, Nk) = S²
-        query_plan = log_sinkhorn(query_scores, log_query_mass, log_masses, self.eps, self.half_steps).exp()
-        key_plan = log_sinkhorn(key_scores, log_masses, log_key_mass, self.eps, self.half_steps).exp()
+        pivots = self.pivots.to(q.dtype) * q.shape[-1] ** -0.5  # (H, r, D), scaled here: r·D, not (n+m)·D work
+        query_scores = q @ pivots.transpose(-1, -2)  # (B, H, Nq, r) = S¹
+        key_scores = pivots @ k.transpose(-1, -2)  # (B, H, r, Nk) = S²
+        query_plan = sinkhorn_plan(query_scores, log_query_mass, log_masses, self.eps, self.half_steps)
+        key_plan = sinkhorn_plan(key_scores, log_masses, log_key_mass, self.eps, self.half_steps)
         row_total = query_count * (key_count > 0)  # n valid queries; 0 when no key is valid
         return query_plan, key_plan, log_masses, row_total
 

@@ -5,7 +5,7 @@ Softmax attention is one Sinkhorn row normalisation of exp(q·k/√d); a Sinkfor
 half-steps so the attention becomes (close to) doubly stochastic. Here the attention is A = n·P, where
 P is the entropic OT plan between the uniform measures on the valid queries (μ, mass 1/n each) and
 the valid keys (ν, mass 1/m each), cost −q·k/√d, regularisation `eps`, after `iters` log-domain
-half-steps starting with a row update (`sinkhorn_solver.log_sinkhorn`):
+half-steps starting with a row update (`sinkhorn_solver.sinkhorn_plan`):
 
 * odd `iters` (default 3): rows of A sum to exactly 1, columns approach n/m as `iters` grows;
   `iters = 1` is exactly softmax(q·k / (ε√d)) over the valid keys;
@@ -25,7 +25,7 @@ from lab.registry import ConfigError
 
 from .base import AttentionCore
 from .registry import register_attention
-from .sinkhorn_solver import log_sinkhorn, log_uniform_mass
+from .sinkhorn_solver import log_uniform_mass, sinkhorn_plan
 
 
 @register_attention("sinkhorn")
@@ -45,15 +45,20 @@ class SinkhornAttention(AttentionCore):
         self.eps = eps
 
     def _attend(self, q, k, v, key_padding_mask, query_padding_mask, causal) -> Tensor:
-        return self._attention_matrix(q, k, key_padding_mask, query_padding_mask, causal) @ v  # (B, H, Nq, D)
+        plan, row_total = self._plan(q, k, key_padding_mask, query_padding_mask)
+        return row_total * (plan @ v)  # (B, H, Nq, D)
 
     def _attention_matrix(self, q, k, key_padding_mask, query_padding_mask, causal) -> Tensor:
+        plan, row_total = self._plan(q, k, key_padding_mask, query_padding_mask)
+        return row_total * plan  # (B, H, Nq, Nk)
+
+    def _plan(self, q, k, key_padding_mask, query_padding_mask) -> tuple[Tensor, Tensor]:
+        """P (B, H, Nq, Nk) and the row total n (B|1, 1, 1, 1): valid queries, 0 if no key is valid."""
         log_query_mass, query_count = log_uniform_mass(query_padding_mask, q.shape[2], q)  # (B|1, 1, Nq)
         log_key_mass, key_count = log_uniform_mass(key_padding_mask, k.shape[2], k)  # (B|1, 1, Nk)
-        scores = q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5  # (B, H, Nq, Nk) similarity = −cost
-        log_plan = log_sinkhorn(scores, log_query_mass, log_key_mass, self.eps, self.iters)
-        row_total = query_count * (key_count > 0)  # n valid queries; 0 when no key is valid
-        return row_total * log_plan.exp()  # (B, H, Nq, Nk)
+        scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-1, -2)  # (B, H, Nq, Nk) similarity = −cost
+        plan = sinkhorn_plan(scores, log_query_mass, log_key_mass, self.eps, self.iters)
+        return plan, query_count * (key_count > 0)
 
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, iters={self.iters}, eps={self.eps}"

@@ -4,22 +4,28 @@ Problem (Cuturi 2013; used as attention by Sander et al. 2022, "Sinkformers", an
 arXiv 2509.23436): for similarity scores S (..., n, m), i.e. cost C = −S, and marginals μ (..., n),
 ν (..., m),
 
-    P = argmin_{P ∈ Π(μ, ν)} ⟨C, P⟩ − ε·H(P),    log P_ij = S_ij/ε + f_i + g_j,
+    P = argmin_{P ∈ Π(μ, ν)} ⟨C, P⟩ − ε·H(P),    log P_ij = S_ij/ε + f_i + g_j.
 
-with dimensionless potentials f, g. A *half-step* re-fits one marginal exactly:
+A *half-step* re-fits one marginal exactly by updating one potential:
 
     row update     f_i = log μ_i − LSE_j(S_ij/ε + g_j)    (rows of P now sum to μ)
     column update  g_j = log ν_j − LSE_i(S_ij/ε + f_i)    (columns of P now sum to ν)
 
 starting with a row update from g = log ν, so an odd number of half-steps ends with exact rows and
-an even number with exact columns. Starting from g = log ν rather than g = 0 changes the plan only by
-a constant absorbed by the first row update, except that padded columns start at zero mass.
+an even number with exact columns. (g = log ν instead of g = 0 only shifts valid columns by a
+constant, which the first row update absorbs; padded columns start with zero mass.)
 
-Zero mass (padding) is a log-mass of −inf. Its potential becomes −inf, its row/column of the plan is
-exactly 0, and every log-sum-exp still has a finite term (a valid token on the other side), so neither
-values nor gradients contain NaN: the backward weight of a −inf term is exp(−inf − finite) = 0.
-A sequence with no valid token at all has no uniform measure; `log_uniform_mass` spreads it over all
-positions instead (finite everywhere) and reports a count of 0, which zeroes its attention.
+Because LSE is shift-invariant, the same iteration acts on the log-plan itself:
+row update  log P ← log μ_i + log_softmax_j(log P),  column update  log P ← log ν_j + log_softmax_i(log P).
+That is what runs here: one fused `log_softmax` (and its fused backward) plus one broadcast add per
+half-step, instead of the separate max / subtract / exp / sum passes of `logsumexp` and its backward;
+the last half-step is a fused `softmax` times the marginal, which gives P without a final exp.
+
+Zero mass (padding): callers pass log-mass −inf. A zero-mass row would then be all −inf and its
+`log_softmax` NaN, so −inf is raised to the finite floor ZERO_MASS_LOG = −1e30: exp of anything near
+the floor is exactly 0 (in float32 and float64), so padded rows and columns of the plan are exactly 0,
+valid entries are bit-for-bit what −inf would give, and backward weights of padded entries are exactly
+0 — no NaN or inf in values or gradients, even for a sequence with no valid token at all.
 
 Everything is unrolled for autograd; the iteration count is fixed (no convergence test, no host sync).
 """
@@ -27,6 +33,8 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor
+
+ZERO_MASS_LOG = -1e30  # stands for log 0; sums of up to a few of these stay finite in float32
 
 
 def log_uniform_mass(padding_mask: Tensor | None, size: int, like: Tensor) -> tuple[Tensor, Tensor]:
@@ -39,32 +47,32 @@ def log_uniform_mass(padding_mask: Tensor | None, size: int, like: Tensor) -> tu
     if padding_mask is None:
         count = torch.full((1, 1, 1, 1), float(size), dtype=like.dtype, device=like.device)
         return (-count.log()).view(1, 1, 1).expand(1, 1, size), count
-    valid = ~padding_mask  # (B, size)
-    count = valid.sum(-1).to(like.dtype)  # (B,)
-    support = valid | (count == 0)[:, None]  # an all-padding sequence: spread over every position
-    log_mass = (-support.sum(-1).to(like.dtype).log())[:, None].expand(-1, size)  # (B, size)
-    log_mass = log_mass.masked_fill(~support, float("-inf"))
+    count = (~padding_mask).sum(-1).to(like.dtype)  # (B,)
+    log_mass = (-count.log())[:, None].expand(-1, size).masked_fill(padding_mask, float("-inf"))  # (B, size)
     return log_mass[:, None, :], count.view(-1, 1, 1, 1)
 
 
-def log_sinkhorn(scores: Tensor, log_row_mass: Tensor, log_col_mass: Tensor, eps: float,
-                 half_steps: int) -> Tensor:
-    """log P for the entropic OT plan between the two measures, after `half_steps` Sinkhorn half-steps.
+def sinkhorn_plan(scores: Tensor, log_row_mass: Tensor, log_col_mass: Tensor, eps: float,
+                  half_steps: int) -> Tensor:
+    """The entropic OT plan P between the two measures after `half_steps` Sinkhorn half-steps.
 
     scores:       (..., n, m) similarities S (the transport cost is −S).
     log_row_mass: (..., n) log μ, −inf for zero mass; broadcastable against scores[..., :, 0].
     log_col_mass: (..., m) log ν, likewise.
-    Returns log P (..., n, m); P = exp(log P) has row sums μ exactly when `half_steps` is odd and
-    column sums ν exactly when it is even.
+    Returns P (..., n, m), exactly 0 on zero-mass rows and columns; its row sums are μ exactly when
+    `half_steps` is odd, its column sums ν exactly when it is even.
     """
     if half_steps < 1:
         raise ValueError(f"Sinkhorn needs at least one half-step, got {half_steps}")
-    logits = scores / eps  # (..., n, m)
-    col_potential = log_col_mass  # g (..., m)
-    row_potential = None  # f (..., n), set by the first (row) half-step
-    for step in range(half_steps):
+    log_row_mass = log_row_mass.clamp_min(ZERO_MASS_LOG).unsqueeze(-1)  # (..., n, 1)
+    log_col_mass = log_col_mass.clamp_min(ZERO_MASS_LOG).unsqueeze(-2)  # (..., 1, m)
+    logits = scores if eps == 1.0 else scores / eps  # (..., n, m)
+    log_plan = logits + log_col_mass  # (..., n, m): g = log ν
+    for step in range(half_steps - 1):
         if step % 2 == 0:
-            row_potential = log_row_mass - torch.logsumexp(logits + col_potential.unsqueeze(-2), dim=-1)
+            log_plan = torch.log_softmax(log_plan, dim=-1) + log_row_mass  # rows sum to μ
         else:
-            col_potential = log_col_mass - torch.logsumexp(logits + row_potential.unsqueeze(-1), dim=-2)
-    return logits + row_potential.unsqueeze(-1) + col_potential.unsqueeze(-2)  # (..., n, m)
+            log_plan = torch.log_softmax(log_plan, dim=-2) + log_col_mass  # columns sum to ν
+    if half_steps % 2 == 1:  # the last half-step in the plan domain: one fused softmax, no log / exp pair
+        return torch.softmax(log_plan, dim=-1) * log_row_mass.exp()
+    return torch.softmax(log_plan, dim=-2) * log_col_mass.exp()
