@@ -31,6 +31,8 @@ Everything is unrolled for autograd; the iteration count is fixed (no convergenc
 """
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from torch import Tensor
 
@@ -52,27 +54,27 @@ def log_uniform_mass(padding_mask: Tensor | None, size: int, like: Tensor) -> tu
     return log_mass[:, None, :], count.view(-1, 1, 1, 1)
 
 
-def sinkhorn_plan(scores: Tensor, log_row_mass: Tensor, log_col_mass: Tensor, eps: float,
-                  half_steps: int) -> Tensor:
+def sinkhorn_plan(scores: Tensor, log_row_mass: Tensor, log_col_mass: Tensor, eps: float, half_steps: int,
+                  first_update: Literal["rows", "columns"] = "rows") -> Tensor:
     """The entropic OT plan P between the two measures after `half_steps` Sinkhorn half-steps.
 
     scores:       (..., n, m) similarities S (the transport cost is −S).
     log_row_mass: (..., n) log μ, −inf for zero mass; broadcastable against scores[..., :, 0].
     log_col_mass: (..., m) log ν, likewise.
-    Returns P (..., n, m), exactly 0 on zero-mass rows and columns; its row sums are μ exactly when
-    `half_steps` is odd, its column sums ν exactly when it is even.
+    first_update: "rows" (the convention) or "columns", which lets a caller store a plan transposed
+                  (short side first: `log_softmax` over the long axis of an (n, r) tensor is slow).
+    Returns P (..., n, m), exactly 0 on zero-mass rows and columns; the marginal of the last update
+    (rows when `half_steps` is odd and `first_update` is "rows") is exact.
     """
     if half_steps < 1:
         raise ValueError(f"Sinkhorn needs at least one half-step, got {half_steps}")
-    log_row_mass = log_row_mass.clamp_min(ZERO_MASS_LOG).unsqueeze(-1)  # (..., n, 1)
-    log_col_mass = log_col_mass.clamp_min(ZERO_MASS_LOG).unsqueeze(-2)  # (..., 1, m)
+    row_update = (-1, log_row_mass.clamp_min(ZERO_MASS_LOG).unsqueeze(-1))  # normalise rows to μ (..., n, 1)
+    col_update = (-2, log_col_mass.clamp_min(ZERO_MASS_LOG).unsqueeze(-2))  # normalise columns to ν (..., 1, m)
+    updates = (row_update, col_update) if first_update == "rows" else (col_update, row_update)
     logits = scores if eps == 1.0 else scores / eps  # (..., n, m)
-    log_plan = logits + log_col_mass  # (..., n, m): g = log ν
+    log_plan = logits + updates[1][1]  # (..., n, m): the other side's potential starts at its log-mass
     for step in range(half_steps - 1):
-        if step % 2 == 0:
-            log_plan = torch.log_softmax(log_plan, dim=-1) + log_row_mass  # rows sum to μ
-        else:
-            log_plan = torch.log_softmax(log_plan, dim=-2) + log_col_mass  # columns sum to ν
-    if half_steps % 2 == 1:  # the last half-step in the plan domain: one fused softmax, no log / exp pair
-        return torch.softmax(log_plan, dim=-1) * log_row_mass.exp()
-    return torch.softmax(log_plan, dim=-2) * log_col_mass.exp()
+        dim, log_mass = updates[step % 2]
+        log_plan = torch.log_softmax(log_plan, dim=dim) + log_mass
+    dim, log_mass = updates[(half_steps - 1) % 2]
+    return torch.softmax(log_plan, dim=dim) * log_mass.exp()  # the last half-step: no log / exp pair
