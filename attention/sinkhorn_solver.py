@@ -13,7 +13,8 @@ A *half-step* re-fits one marginal exactly by updating one potential:
 
 starting with a row update from g = log ν, so an odd number of half-steps ends with exact rows and
 an even number with exact columns. (g = log ν instead of g = 0 only shifts valid columns by a
-constant, which the first row update absorbs; padded columns start with zero mass.)
+constant, which the first row update absorbs; padded columns start with zero mass.) A caller that
+stores a plan transposed starts with the column update instead (`first_update="columns"`).
 
 Because LSE is shift-invariant, the same iteration acts on the log-plan itself:
 row update  log P ← log μ_i + log_softmax_j(log P),  column update  log P ← log ν_j + log_softmax_i(log P).
@@ -68,6 +69,8 @@ def sinkhorn_plan(scores: Tensor, log_row_mass: Tensor, log_col_mass: Tensor, ep
     """
     if half_steps < 1:
         raise ValueError(f"Sinkhorn needs at least one half-step, got {half_steps}")
+    if first_update not in ("rows", "columns"):
+        raise ValueError(f"first_update must be 'rows' or 'columns', got {first_update!r}")
     row_update = (-1, log_row_mass.clamp_min(ZERO_MASS_LOG).unsqueeze(-1))  # normalise rows to μ (..., n, 1)
     col_update = (-2, log_col_mass.clamp_min(ZERO_MASS_LOG).unsqueeze(-2))  # normalise columns to ν (..., 1, m)
     updates = (row_update, col_update) if first_update == "rows" else (col_update, row_update)
