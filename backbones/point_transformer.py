@@ -6,6 +6,9 @@ points (B, N, 3 or 6) -> per-point MLP -> neighbourhood embedding -> Transformer
 Neighbourhood embedding (PCT's "sample and group"): `num_tokens` centres are picked by farthest-point
 sampling (all points when `num_tokens` is None or >= N); each centre i gathers its `neighbours` nearest
 points j and becomes max_j MLP([f_j - f_i ; f_i]). Attention then runs over all centres.
+
+The defaults are a CPU-sized model (128 tokens, dim 64, 2 blocks); PCT's setting (256 tokens, 32 neighbours,
+dim 128, 4 blocks) is `experiment=modelnet_pct`.
 """
 from __future__ import annotations
 
@@ -51,8 +54,8 @@ class NeighbourhoodEmbedding(nn.Module):
 @register_backbone("point_transformer", aliases=("pct",))
 class PointTransformer(nn.Module):
     def __init__(self, *, num_classes: int, in_channels: int, attention: AttentionSpec, pooling: PoolingSpec,
-                 dim: int = 128, depth: int = 4, num_heads: int = 4, mlp_ratio: float = 2.0, dropout: float = 0.0,
-                 neighbours: int = 16, num_tokens: int | None = 256, head_hidden: int = 256,
+                 dim: int = 64, depth: int = 2, num_heads: int = 4, mlp_ratio: float = 2.0, dropout: float = 0.0,
+                 neighbours: int = 16, num_tokens: int | None = 128, head_hidden: int = 128,
                  head_dropout: float = 0.5):
         super().__init__()
         if in_channels not in (3, 6):

@@ -17,8 +17,10 @@ POINTS = 128  # small clouds keep the processing and the learning run fast
 
 @pytest.fixture(scope="module")
 def root(tmp_path_factory) -> Path:
+    from tasks.prepare import main as prepare
+
     root = tmp_path_factory.mktemp("modelnet")
-    ModelNet40.prepare(root, synthetic=True)
+    assert prepare(["modelnet40", "--synthetic", "--root", str(root)]) == 0
     return root
 
 
@@ -156,27 +158,71 @@ def test_a_placed_archive_is_verified_and_unzipped_into_the_raw_layout(root, tmp
     assert not (tmp_path / "ModelNet40" / "unpacked").exists()
 
 
-def test_a_short_run_learns_the_synthetic_shapes(root):
-    from torch.utils.data import DataLoader
+@pytest.fixture(scope="module")
+def tracking(tmp_path_factory) -> Path:
+    """One MLflow store for the module's training runs (creating a store costs seconds)."""
+    return tmp_path_factory.mktemp("tracking")
 
-    from attention import AttentionSpec
-    from attention.pooling import PoolingSpec
-    from tasks.base import ModelSpec
 
-    task = make_task(root)
-    options = dict(dim=32, depth=1, num_heads=2, neighbours=8, num_tokens=32, head_hidden=32, head_dropout=0.0)
-    model = task.build_model(ModelSpec("point_transformer", options), AttentionSpec("softmax"), PoolingSpec())
-    optimizer = torch.optim.AdamW(model.parameters(), lr=3e-3)
-    loader = DataLoader(task.datasets()["train"], batch_size=16, shuffle=True, collate_fn=task.collate,
-                        generator=torch.Generator().manual_seed(0))
-    augmentation = torch.Generator().manual_seed(0)
-    for _ in range(6):
-        for batch in loader:
-            loss = task.training_loss(model, batch, augmentation)
-            optimizer.zero_grad()
-            loss.backward()
-            optimizer.step()
-    model.eval()
-    test = task.collate([task.datasets()["test"][i] for i in range(64)])
-    metrics = task.metrics(task.eval_step(model, test), "test").metrics
-    assert metrics["accuracy"] >= 0.5 and metrics["mean_class_accuracy"] >= 0.5  # chance: 1/8
+def run_trainer(tracking: Path, root: Path, *extra: str):
+    """Train in-process with a tiny setting; the MLflow run it recorded."""
+    from mlflow.tracking import MlflowClient
+
+    import train
+
+    args = ["task=modelnet40", "attention=softmax", f"data.root={root}", f"task.num_points={POINTS}",
+            "trainer.batch_size=16", "trainer.lr=3e-3", "tracking.system_metrics=false", "resume=null",
+            f"output_dir={tracking}/runs", f"tracking.uri=sqlite:///{tracking}/mlflow.db", *extra]
+    assert train.main(args) == 0
+    client = MlflowClient(f"sqlite:///{tracking}/mlflow.db")
+    runs = client.search_runs([client.get_experiment_by_name("modelnet40").experiment_id],
+                              order_by=["attributes.start_time DESC"])
+    return runs[0]
+
+
+def test_a_short_training_run_learns_the_synthetic_shapes(root, tracking, monkeypatch):
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    run = run_trainer(tracking, root, "trainer.epochs=6", "model.dim=32", "model.depth=1", "model.num_heads=2",
+                      "model.neighbours=8", "model.num_tokens=32", "model.head_hidden=32", "model.head_dropout=0.0")
+    metrics = run.data.metrics
+    assert metrics["test/accuracy"] >= 0.5 and metrics["test/mean_class_accuracy"] >= 0.5  # chance: 1/8
+    assert run.data.params["data.classes"] == ",".join(SHAPE_CLASSES) and run.data.tags["backbone"] == "point_transformer"
+
+
+def test_set_transformer_trains_through_the_trainer(root, tracking, monkeypatch):
+    """`model.name=` swaps the backbone: the task file leaves its sizes to each backbone's defaults."""
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    run = run_trainer(tracking, root, "model.name=set_transformer", "model.dim=32", "trainer.max_steps=2", "seed=1")
+    assert run.data.tags["backbone"] == "set_transformer" and run.data.params["model.num_inducing"] == "16"
+    assert "test/accuracy" in run.data.metrics and run.info.status == "FINISHED"
+
+
+def test_offline_training_without_data_exits_2_with_one_line(tmp_path, monkeypatch, capsys):
+    import train
+
+    monkeypatch.setattr(ModelNet40, "url", "http://127.0.0.1:9/ModelNet40.zip")
+    assert train.main(["task=modelnet", "attention=softmax", f"data.root={tmp_path}", f"output_dir={tmp_path}/runs",
+                       f"tracking.uri=sqlite:///{tmp_path}/mlflow.db"]) == 2
+    error = capsys.readouterr().err
+    assert error.count("\n") == 1 and error.startswith("error: could not download") and "ModelNet40.zip" in error
+    assert not (tmp_path / "mlflow.db").exists()
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["task=modelnet40"], {"model.name": "point_transformer", "model.num_tokens": 128, "task.num_points": 1024}),
+    (["task=modelnet10"], {"task.name": "modelnet10", "model.name": "point_transformer"}),
+    (["task=modelnet", "model.name=set_transformer"], {"task.name": "modelnet40", "model.name": "set_transformer"}),
+    (["experiment=modelnet_set_transformer"],
+     {"model.name": "set_transformer", "model.dim": 256, "model.num_heads": 4, "model.num_inducing": 16,
+      "task.num_points": 1000, "trainer.optimizer": "adam", "trainer.lr": 1e-3, "trainer.epochs": 200,
+      "trainer.batch_size": 64}),
+    (["experiment=modelnet_pct"], {"model.name": "point_transformer", "model.depth": 4, "model.dim": 128,
+                                   "model.num_tokens": 256, "task.name": "modelnet40"}),
+])
+def test_config_files_resolve_to_the_documented_settings(args, expected):
+    from lab.config import load_config
+
+    resolved = load_config([*args, "attention=softmax"]).to_dict()
+    for key, value in expected.items():
+        section, name = key.split(".")
+        assert resolved[section][name] == value, key
