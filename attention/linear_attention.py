@@ -102,9 +102,9 @@ class LinearAttentionCore(AttentionCore):
         if state is None:
             state = self.initial_state(key_features, v)
         outputs = []
-        for start in range(0, query_features.shape[2], self.chunk_size):
-            chunk = slice(start, start + self.chunk_size)
-            out, state = self._chunk(query_features[:, :, chunk], key_features[:, :, chunk], v[:, :, chunk], state)
+        # split, not slicing: one backward node for all chunks (a slice's backward writes a full-size gradient)
+        for chunk in zip(*(t.split(self.chunk_size, dim=2) for t in (query_features, key_features, v))):
+            out, state = self._chunk(*chunk, state)
             outputs.append(out)
         return torch.cat(outputs, dim=2), state
 

@@ -50,30 +50,30 @@ class ChannelFeatures(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, u: Tensor, a1: Tensor, c1: Tensor, a2: Tensor, c2: Tensor, scale: float) -> Tensor:
+        num_channels = a1.shape[0]
         thresholds, active, table = channel_tables(a1, c1, a2)
-        table = torch.cat([table[:, :a1.shape[0]], table[:, a1.shape[0]:] + c2], dim=-1) * scale
+        slopes = table[:, :num_channels] * scale  # (intervals, L)
+        table = torch.cat([slopes, (table[:, num_channels:] + c2) * scale], dim=-1)
         interval = torch.searchsorted(thresholds, u)  # (P,) in [0, L·hidden]
-        slope, intercept = table[interval].chunk(2, dim=-1)  # (P, L) each
+        slope, intercept = table.index_select(0, interval).chunk(2, dim=-1)  # (P, L) each
         out = torch.addcmul(intercept, slope, u[:, None]).relu_()  # (P, L)
-        ctx.save_for_backward(u, interval, active, table, out, a1, c1, a2)
+        ctx.save_for_backward(u, interval, active, slopes, out, a1, c1, a2)
         ctx.scale = scale
         return out
 
     @staticmethod
     def backward(ctx, grad: Tensor):  # grad (P, L)
-        u, interval, active, table, out, a1, c1, a2 = ctx.saved_tensors
+        u, interval, active, slopes, out, a1, c1, a2 = ctx.saved_tensors
         num_channels, hidden = a1.shape
-        grad = torch.where(out > 0, grad, 0.0)  # through the final ReLU
-        grad_u = (grad * table[interval, :num_channels]).sum(-1)  # slope of the input's interval
+        grad = torch.ops.aten.threshold_backward(grad, out, 0)  # through the final ReLU
+        grad_u = (grad * slopes.index_select(0, interval)).sum(-1)  # slope of each input's interval
         # the parameter gradients: sums of g and g·u over the intervals where each hidden unit is on
-        per_interval = grad.new_zeros(active.shape[0], 2 * num_channels)
-        per_interval.index_add_(0, interval, torch.cat([grad, grad * u[:, None]], dim=-1))
-        per_interval = per_interval * ctx.scale
-        on = active.to(grad.dtype).view(-1, num_channels, hidden)  # (intervals, L, hidden)
-        sum_g = (on * per_interval[:, :num_channels, None]).sum(0)  # (L, hidden) scale·Σ g over active inputs
-        sum_gu = (on * per_interval[:, num_channels:, None]).sum(0)  # (L, hidden) scale·Σ g·u
+        sum_g = grad.new_zeros(len(active), num_channels).index_add_(0, interval, grad)  # (intervals, L)
+        sum_gu = grad.new_zeros(len(active), num_channels).index_add_(0, interval, grad * u[:, None])
+        on = active.to(grad.dtype).view(-1, num_channels, hidden) * ctx.scale  # (intervals, L, hidden)
+        sum_g, sum_gu = (on * sum_g[..., None]).sum(0), (on * sum_gu[..., None]).sum(0)  # (L, hidden)
         grad_a2 = a1 * sum_gu + c1 * sum_g  # scale·Σ g·relu(a1·u + c1)
-        return grad_u, a2 * sum_gu, a2 * sum_g, grad_a2, per_interval[:, :num_channels].sum(0), None
+        return grad_u, a2 * sum_gu, a2 * sum_g, grad_a2, grad.sum(0) * ctx.scale, None
 
 
 class LunaFeatureMap(FeatureMap):

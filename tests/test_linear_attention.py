@@ -9,6 +9,7 @@ from __future__ import annotations
 import pytest
 import torch
 from torch.autograd.graph import saved_tensors_hooks
+from torch.profiler import ProfilerActivity, profile
 
 from attention import build_attention
 from attention.linear_attention import LinearAttentionCore
@@ -166,3 +167,20 @@ def test_nothing_quadratic_is_saved_for_backward_and_memory_is_linear(name, caus
     assert max(sizes) < n * n, f"a saved tensor of {max(sizes)} elements at n = {n}"
     doubled = _saved_numels(core, 2 * n, causal)
     assert sum(doubled) <= 2.1 * sum(sizes), "saved-for-backward memory grows faster than n"
+
+
+def _bytes_allocated(core, n: int, causal: bool) -> int:
+    """Every byte allocated during one forward+backward, transients included (profiler memory events)."""
+    q, k, v = (torch.randn(1, 1, n, D, requires_grad=True) for _ in range(3))
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        core(q, k, v, causal=causal).sum().backward()
+    return sum(event.cpu_memory_usage for event in prof.events() if event.cpu_memory_usage > 0)
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("causal", [False, True], ids=["bidirectional", "causal"])
+def test_work_allocated_in_forward_and_backward_is_linear(name, causal):
+    """Catches transients saved-tensor checks miss, e.g. a per-chunk slice whose backward writes a full-size
+    gradient (n/chunk of them: quadratic)."""
+    core = make(name, torch.float32, chunk_size=16)
+    assert _bytes_allocated(core, 512, causal) <= 2.2 * _bytes_allocated(core, 256, causal)
