@@ -12,7 +12,8 @@ chunk of one token is the O(1)-state recurrent step used for decoding (`step`).
 Padding: padded keys are removed by zeroing φ(k_j) and v_j *after* the feature map (φ(0) ≠ 0 in general;
 masking the input instead leaks padding into the normaliser, fla-org/flash-linear-attention #1263).
 
-Exponential feature maps (Performer's exp(ωᵀx − ‖x‖²/2)) return log-features and the core stabilises them:
+Exponential feature maps (Performer's exp(ωᵀx − ‖x‖²/2)) return log-features and the core stabilises them
+(maxima via `max(dim)`, whose backward is one scatter, rather than `amax`'s several full passes):
 queries by their own row maximum (a per-row factor, cancels in the row's ratio), keys by the running maximum
 of the log-features of the valid keys each query sees (the global maximum when not causal). δ is added at
 that scale, so a causal output never depends on future keys, and chunked, recurrent and dense forms agree.
@@ -71,7 +72,7 @@ class LinearAttentionCore(AttentionCore):
     def _query_features(self, q: Tensor) -> Tensor:
         features = self.feature_map(q)  # (B, H, Nq, D)
         if self.feature_map.exponential:  # a per-row factor: cancels in the row's ratio
-            features = torch.exp(features - features.amax(dim=-1, keepdim=True))
+            features = torch.exp(features - features.max(dim=-1, keepdim=True).values)
         return features
 
     def _key_features(self, k: Tensor, v: Tensor, key_padding_mask: Tensor | None) -> tuple[Tensor, Tensor]:
@@ -90,7 +91,7 @@ class LinearAttentionCore(AttentionCore):
         if causal:
             return self._causal(query_features, key_features, v, None)[0]
         if self.feature_map.exponential:
-            log_scale = finite_or_zero(key_features.amax(dim=(-2, -1), keepdim=True))  # (B, H, 1, 1)
+            log_scale = finite_or_zero(key_features.flatten(-2).max(dim=-1).values)[..., None, None]  # (B,H,1,1)
             key_features = torch.exp(key_features - log_scale)
         kv = key_features.transpose(-1, -2) @ v  # (B, H, D, d_v)
         k_sum = key_features.sum(dim=-2).unsqueeze(-1)  # (B, H, D, 1)
@@ -115,7 +116,7 @@ class LinearAttentionCore(AttentionCore):
         log_scale = None
         if self.feature_map.exponential:
             # seen[i]: max log-feature over the valid keys up to token i; the state moves to the chunk's last
-            seen = torch.maximum(state.log_scale[..., None], key_features.amax(dim=-1).cummax(dim=-1).values)
+            seen = torch.maximum(state.log_scale[..., None], key_features.max(dim=-1).values.cummax(dim=-1).values)
             log_scale = seen[..., -1]  # (B, H); −inf while no valid key has been seen
             scale = finite_or_zero(log_scale)[..., None]  # (B, H, 1)
             key_features = torch.exp(key_features - scale[..., None])  # (B, H, T, D)
@@ -155,9 +156,9 @@ class LinearAttentionCore(AttentionCore):
         key_features, _ = self._key_features(k, k, key_padding_mask)
         eps = self.eps
         if self.feature_map.exponential:
-            top = finite_or_zero(key_features.amax(dim=(-2, -1)))[..., None]  # (B, H, 1)
-            seen = key_features.amax(dim=-1)  # (B, H, Nk) each key's max log-feature
-            seen = seen.cummax(dim=-1).values if causal else seen.amax(dim=-1, keepdim=True)
+            seen = key_features.max(dim=-1).values  # (B, H, Nk) each key's max log-feature
+            top = finite_or_zero(seen.max(dim=-1, keepdim=True).values)  # (B, H, 1)
+            seen = seen.cummax(dim=-1).values if causal else seen.max(dim=-1, keepdim=True).values
             eps = self._scaled_eps(torch.where(seen.isfinite(), seen, top) - top)  # δ at each row's key scale
             key_features = torch.exp(key_features - top[..., None])
         kernel = query_features @ key_features.transpose(-1, -2)  # (B, H, Nq, Nk)

@@ -51,8 +51,8 @@ class FavorFeatureMap(FeatureMap):
     def forward(self, x: Tensor) -> Tensor:
         num_features, dim = self.projection.shape
         x = x * dim ** -0.25
-        squared_norm = x.square().sum(dim=-1, keepdim=True) / 2  # (B, H, N, 1)
-        return x @ self.projection.to(x.dtype).T - squared_norm - math.log(num_features) / 2  # (B, H, N, m)
+        offset = x.square().sum(dim=-1, keepdim=True) / 2 + math.log(num_features) / 2  # (B, H, N, 1)
+        return x @ self.projection.to(x.dtype).T - offset  # (B, H, N, m)
 
 
 @register_attention("performer")
