@@ -9,8 +9,8 @@ non-negative positive-definite kernel. The attention itself is the shared linear
 Evaluating the MLPs naively needs n·H·m·L·hidden activations, which dominate memory and time. But a
 1 → hidden → 1 ReLU MLP is exactly a piecewise-linear function whose kinks are the hidden units'
 thresholds t_j = −c_j/a_j. So `ChannelFeatures` sorts the L·hidden thresholds once, finds each input's
-interval (`searchsorted`) and applies that interval's slope and intercept: O(n·H·m·L) time and memory, no
-hidden activation ever exists. Its backward is exact too: the parameter gradients are sums of g and g·u
+interval (`searchsorted`, O(log(L·hidden)) per input) and applies that interval's slope and intercept:
+O(n·H·m·L) memory, no hidden activation ever exists, and only u, the interval indices and φ are saved. Its backward is exact too: the parameter gradients are sums of g and g·u
 over the inputs where a unit is active, i.e. over a run of intervals, so they come from per-interval sums.
 """
 from __future__ import annotations
@@ -30,9 +30,9 @@ from .registry import register_attention
 def channel_tables(a1: Tensor, c1: Tensor, a2: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """The MLPs u -> Σ_j a2[ℓ,j]·relu(a1[ℓ,j]·u + c1[ℓ,j]) (params (L, hidden)) as piecewise-linear tables.
 
-    Returns thresholds (L·hidden,) sorted, active (L·hidden + 1, L·hidden) bool: which hidden units are
-    on in each interval (interval r holds thresholds[r−1] < u ≤ thresholds[r]), and units_to_slope_
-    intercept (L·hidden + 1, 2L): each interval's slope and intercept per channel.
+    Returns the sorted thresholds (L·hidden,); `active` (L·hidden + 1, L·hidden) bool, which hidden units
+    are on in each interval (interval r holds thresholds[r−1] < u ≤ thresholds[r]); and the table
+    (L·hidden + 1, 2L) of each interval's slope and intercept per channel.
     """
     num_channels, hidden = a1.shape
     a1, c1, a2 = a1.reshape(-1), c1.reshape(-1), a2.reshape(-1)  # (L·hidden,)

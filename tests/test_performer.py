@@ -6,6 +6,7 @@ import torch
 
 from attention import build_attention
 from attention.performer import orthogonal_gaussian
+from lab.registry import ConfigError
 
 F64 = torch.float64
 
@@ -69,6 +70,5 @@ def test_stabilisers_keep_large_inputs_finite():
 
 @pytest.mark.parametrize("option", ["num_features", "chunk_size"])
 def test_non_positive_sizes_are_rejected(option):
-    from lab.registry import ConfigError
     with pytest.raises(ConfigError, match=option):
         build_attention("performer", num_heads=2, head_dim=8, **{option: 0})
