@@ -74,7 +74,8 @@ def machine_info(threads: int, device: str) -> dict[str, Any]:
     return {"cpu": cpu, "logical_cores": os.cpu_count(), "threads": threads, "device": device,
             "gpu": torch.cuda.get_device_name() if device == "cuda" else None, "torch": torch.__version__,
             "python": platform.python_version(), "date": datetime.datetime.now().astimezone().isoformat(),
-            "malloc_mmap_threshold_bytes": int(MMAP_THRESHOLD) if device == "cpu" else None}
+            "malloc_mmap_threshold_bytes": int(MMAP_THRESHOLD) if device == "cpu" else None,
+            "load_average_1min_at_start": os.getloadavg()[0]}  # other processes on the machine skew timings
 
 
 def memory_limit_bytes(device: str) -> int:

@@ -71,7 +71,7 @@ def summarize(report: dict[str, Any], mechanism: str) -> dict[str, Any]:
 def _fmt(value: float | None, digits: int = 2) -> str:
     if value is None:
         return "-"
-    return f"{value:.{digits}f}" if abs(value) < 1e4 else f"{value:.3g}"
+    return f"{value:.{digits}f}" if abs(value) < 1e6 else f"{value:.3g}"
 
 
 def format_table(report: dict[str, Any]) -> str:
@@ -80,7 +80,7 @@ def format_table(report: dict[str, Any]) -> str:
     width = max(len(m) for m in report["mechanisms"]) + 2
     lines = [f"attention forward+backward, batch {settings['batch']}, {settings['heads']} heads, head dim "
              f"{settings['head_dim']}, {machine['device']} ({machine['cpu']}), {machine['threads']} threads, "
-             f"torch {machine['torch']}",
+             f"torch {machine['torch']}, load average {machine['load_average_1min_at_start']:.1f} at start",
              f"{'mechanism':<{width}}{'n':>7}{'time ms':>11}{'×softmax':>10}{'×prev':>7}"
              f"{'peak MiB':>11}{'×softmax':>10}{'×prev':>7}"]
     for mechanism in report["mechanisms"]:
