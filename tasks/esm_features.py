@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import time
 from pathlib import Path
 from typing import Callable
 
@@ -104,10 +105,16 @@ class EsmFeatureCache:
         """Compute and cache the features of every sequence not cached yet; the cache paths, in order."""
         missing = [s for s in dict.fromkeys(sequences) if not self.path(s).is_file()]
         if missing:
-            print(f"computing {self.featurizer} features of {len(missing)} sequences into {self.folder}", flush=True)
+            print(f"computing {self.featurizer} features of {len(missing)} sequences into {self.folder} "
+                  "(once; an interrupted run continues where it stopped)", flush=True)
+        done, last_report = 0, time.monotonic()
         for batch in length_batches(missing, self.tokens_per_batch):
             for sequence, features in zip(batch, self.embed(batch)):
                 self._save(features, self.path(sequence))
+            done += len(batch)
+            if time.monotonic() - last_report > 60:
+                print(f"  {done}/{len(missing)} sequences", flush=True)
+                last_report = time.monotonic()
         return [self.path(s) for s in sequences]
 
     @torch.no_grad()

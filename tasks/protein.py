@@ -18,7 +18,9 @@ C-terminal PTS1, KDEL, GPI and tail anchors). Deterministic, so cached features 
 setting of the constrained-SWE work is `max_length=1022 c_terminal=0` (ESM-2's limit, N-terminal part).
 
 Batches are drawn in random order (no length sorting) and padded to the longest sequence of the batch;
-`padding_mask` is True at padding. Metrics: accuracy (monitored), macro-F1, mean class accuracy.
+`padding_mask` is True at padding. `train_subset=K` trains on a seeded random K of the training split
+(0 = all; validation and test stay whole). Metrics: accuracy (monitored), macro-F1, mean class accuracy;
+the test split's majority-class rate is logged as the param `data.test_majority_rate`.
 """
 from __future__ import annotations
 

@@ -9,7 +9,9 @@ Sources (each gives train / val / test lists of (sequence, label) and the class 
   indices follow the package's `labels.json` (`label_to_index`), so they are stable across runs.
 * `flip_scl`: FLIP's `scl` "balanced" split (Dallago et al. 2021; DeepLoc 1.0 sequences, 10 classes),
   the split used by the constrained-SWE paper. Fetched from the FLIP repository, pinned at a commit:
-  `splits/scl/splits.zip` -> `splits/balanced.csv` with columns `sequence,target,set,validation`.
+  `splits/scl/splits.zip` -> `splits/balanced.csv` with columns `sequence,target,set,validation`
+  (the same CSV is `data/annotation/scl/balanced.csv` in Zenodo record 10631963's data.tar.gz, a much
+  larger archive; a copy placed at <root>/flip_scl/splits/balanced.csv is used as is).
   train = set=="train" & !validation, val = set=="train" & validation, test = set=="test"; labels
   indexed in order of first appearance in the training rows. No published checksum exists for the
   archive, so it is not verified beyond its columns and labels.
@@ -141,7 +143,8 @@ def prepare_flip_scl(root: Path, download: bool) -> None:
     archive = Path(root) / FLIP_SCL_FOLDER / "splits.zip"
     if not archive.exists():
         if not download:
-            raise DataError(f"FLIP scl not found under {root}: download {FLIP_SCL_URL} to {archive}")
+            raise DataError(f"FLIP scl not found under {root}: download {FLIP_SCL_URL} to {archive}, "
+                            f"or put FLIP's balanced.csv at {flip_scl_csv(root)}")
         download_file(FLIP_SCL_URL, archive)
     extract(archive, archive.parent)
     if not flip_scl_csv(root).is_file():

@@ -319,3 +319,13 @@ def test_esm_experiment_composes():
     cfg = load_config(["experiment=protein_esm"])
     assert cfg.task.name == "protein" and cfg.model.name == "set_pooler" and cfg.model.options["depth"] == 0
     assert cfg.task.options["featurizer"] == "esm2_t6_8M" and cfg.task.options["max_length"] == 1022
+
+
+def test_esm_featurizer_through_the_trainer(tiny_esm, tmp_path):
+    write_synthetic_flip_scl(flip_scl_csv(tmp_path / "data"), train_per_class=4, val_per_class=1, test_per_class=2)
+    code = train.main(run_args(tmp_path, tmp_path / "data", "experiment=protein_esm", "task.dataset=flip_scl",
+                               "task.max_length=64", "trainer.epochs=1", "trainer.batch_size=16"))
+    assert code == 0
+    run = finished_run(tmp_path)
+    assert run.data.params["model.name"] == "set_pooler" and run.data.params["task.featurizer"] == "esm2_t6_8M"
+    assert "test/accuracy" in run.data.metrics
