@@ -17,7 +17,6 @@ from attention.pooling import PoolingSpec
 from backbones import build_backbone
 from lab.download import DataError
 from lab.registry import ConfigError
-from tasks import esm_features
 from tasks.base import ModelSpec
 from tasks.esm_features import ESM_LOADERS, EsmFeatureCache, load_pretrained
 from tasks.protein import Protein, pad_collate
@@ -213,7 +212,8 @@ def test_esm_cache_hits_truncation_and_atomic_files(tiny_esm, tmp_path):
     item = task.datasets()["train"][index]
     assert item["features"].dtype == torch.float16 and item["features"].shape == (40, 32)
     reference = esm_alone(model, long_one[:32] + long_one[-8:])
-    torch.testing.assert_close(item["features"].float(), reference, atol=2e-2, rtol=1e-2)  # float16 on disk
+    assert len(long_one) > 40
+    torch.testing.assert_close(item["features"].float(), reference, atol=2e-3, rtol=1e-3)  # float16 on disk
 
     forward_calls = calls["forward"]
     again = Protein(**options)
@@ -241,7 +241,7 @@ def test_esm_weights_missing_offline_is_one_line(tmp_path, monkeypatch):
 
     monkeypatch.setattr(esm.pretrained, "esm2_t6_8M_UR50D", offline)
     with pytest.raises(DataError, match="no network"):
-        esm_features.ESM_LOADERS["esm2_t6_8M"](True)
+        ESM_LOADERS["esm2_t6_8M"](True)
 
 
 # -- backbones: padding never changes the logits ---------------------------------------------------
