@@ -23,6 +23,7 @@ become X; anything that is not a letter is an error. The learned featurizer fold
 from __future__ import annotations
 
 import csv
+import importlib.resources
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -104,17 +105,21 @@ def truncate(sequence: str, max_length: int, c_terminal: int) -> str:
 
 
 # -- SCL2205 (from the installed package) --------------------------------------------------------
-def check_scldata() -> None:
-    """DataError unless the SCL2205 files are importable from the pinned package."""
+def scldata_folder() -> Path:
+    """The installed package's data folder; DataError if the package is missing."""
     try:
-        import scldata.loader as loader
-    except (ImportError, OSError) as error:
-        raise DataError(f"SCL2205 needs the package {SCLDATA_PIN} ({error}); install it with "
-                        f"`pip install {SCLDATA_PIN}` (later releases ship no data)") from None
-    for name in ("scl2205.csv", "splits.json", "labels.json", "entries.json"):
-        if not (Path(loader._DATA_DIR) / name).is_file():
-            raise DataError(f"{Path(loader._DATA_DIR) / name} is missing; reinstall with "
-                            f"`pip install --force-reinstall {SCLDATA_PIN}`")
+        return Path(str(importlib.resources.files("scldata"))) / "data"
+    except ModuleNotFoundError:
+        raise DataError(f"SCL2205 needs the package {SCLDATA_PIN}: `pip install {SCLDATA_PIN}`") from None
+
+
+def check_scldata() -> None:
+    """DataError unless the SCL2205 files of the pinned package are installed."""
+    folder = scldata_folder()
+    missing = [n for n in ("scl2205.csv", "splits.json", "labels.json", "entries.json") if not (folder / n).is_file()]
+    if missing:
+        raise DataError(f"{folder} lacks {', '.join(missing)} (only {SCLDATA_PIN} ships the data): "
+                        f"`pip install --force-reinstall {SCLDATA_PIN}`")
 
 
 def load_scl2205() -> ProteinSplits:

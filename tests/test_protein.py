@@ -21,7 +21,7 @@ from tasks.base import ModelSpec
 from tasks.esm_features import ESM_LOADERS, EsmFeatureCache, load_pretrained
 from tasks.protein import Protein, pad_collate
 from tasks.protein_data import (FLIP_SCL_URL, PAD_ID, UNKNOWN_ID, VOCAB_SIZE, clean_sequence, flip_scl_csv,
-                                read_flip_csv, tokenize, truncate)
+                                read_flip_csv, scldata_folder, tokenize, truncate)
 from tasks.synthetic_protein import write_synthetic_flip_scl
 
 
@@ -50,13 +50,11 @@ def flip_root(tmp_path_factory):
 
 # -- SCL2205 -------------------------------------------------------------------------------------
 def test_scl2205_splits_and_stable_labels(scl2205):
-    import scldata.loader as loader
-
     sizes = {split: len(ds) for split, ds in scl2205.datasets().items()}
     assert sizes == {"train": 15183, "val": 1260, "test": 2631}
     assert scl2205.num_classes == 13 and scl2205.class_names[:3] == ["Cytoplasm", "Plastid", "Secreted"]
     # labels equal the integer codes stored in the package's raw CSV, entry by entry (independent of its loader)
-    data_dir = Path(loader._DATA_DIR)
+    data_dir = scldata_folder()
     with open(data_dir / "scl2205.csv", newline="") as handle:
         raw = {row["entry"]: int(row["scl"]) for row in csv.DictReader(handle)}
     splits = json.loads((data_dir / "splits.json").read_text())
@@ -66,6 +64,13 @@ def test_scl2205_splits_and_stable_labels(scl2205):
         assert torch.equal(scl2205.datasets()[split].labels, expected), split
     assert 0.24 < scl2205.describe()["data.test_majority_rate"] < 0.25  # Nucleus: 648 / 2631
     assert max(len(t) for t in scl2205.datasets()["train"].tokens) == 32
+
+
+def test_scl2205_without_package_data_is_one_line(tmp_path, monkeypatch):
+    monkeypatch.setattr("tasks.protein_data.scldata_folder", lambda: tmp_path)
+    with pytest.raises(DataError, match="p-scldata==2025.6.0") as error:
+        Protein(data_root=tmp_path, download=True).setup()
+    assert "\n" not in str(error.value)
 
 
 # -- tokens, truncation, batches -----------------------------------------------------------------
