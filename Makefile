@@ -18,6 +18,7 @@ SEEDS  ?= 0 1 2
 SYNTHETIC ?=
 ROOT   ?= ./data
 PORT   ?= 5000
+BENCH_ARGS ?=
 
 export MLFLOW_DISABLE_TELEMETRY := true
 
@@ -25,11 +26,11 @@ OVERRIDES = $(if $(TASK),task=$(TASK)) $(if $(ATTN),attention=$(ATTN)) $(if $(PO
             $(if $(EPOCHS),trainer.epochs=$(EPOCHS)) $(if $(SEED),seed=$(SEED)) $(ARGS)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup train data sweep ui test clean
+.PHONY: help setup train data sweep ui test bench clean
 
 help:  ## list the targets
 	@grep -hE '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  make %-8s %s\n", $$1, $$2}'
-	@echo "  variables: TASK ATTN POOL EPOCHS SEED ARGS (train); ATTNS SEEDS (sweep); SYNTHETIC ROOT (data)"
+	@echo "  variables: TASK ATTN POOL EPOCHS SEED ARGS (train); ATTNS SEEDS (sweep); SYNTHETIC ROOT (data); BENCH_ARGS (bench)"
 
 setup: $(STAMP)  ## create .venv and install the project (again whenever pyproject.toml changes)
 
@@ -56,6 +57,9 @@ ui: $(STAMP)  ## open the MLflow UI over the run store on http://127.0.0.1:$(POR
 
 test: $(STAMP)  ## run the test suite (what CI runs)
 	$(PY) -m pytest -q
+
+bench: $(STAMP)  ## attention time/memory scaling table + plot: make bench [BENCH_ARGS="--attentions softmax,luna --lengths 1024,4096"]
+	$(PY) -m bench.attention $(BENCH_ARGS)
 
 clean:  ## remove caches and the virtualenv (keeps data/, runs/ and mlflow.db)
 	rm -rf $(VENV) .pytest_cache

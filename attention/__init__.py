@@ -16,6 +16,9 @@ from .registry import AttentionSpec, build_attention, get_attention, list_attent
 from . import softmax  # noqa: E402,F401
 from . import sinkhorn  # noqa: E402,F401
 from . import lotformer  # noqa: E402,F401
+from . import luna  # noqa: E402,F401
+from . import linear  # noqa: E402,F401
+from . import performer  # noqa: E402,F401
 
 __all__ = ["AttentionCore", "AttentionSpec", "MultiHeadAttention", "build_attention", "get_attention",
            "list_attentions", "make_core", "register_attention"]

@@ -25,3 +25,5 @@ def list_backbones(pattern: str = "*") -> list[str]:
 from . import vit  # noqa: E402,F401
 from . import point_transformer  # noqa: E402,F401
 from . import set_transformer  # noqa: E402,F401
+from . import sequence_encoder  # noqa: E402,F401
+from . import set_pooler  # noqa: E402,F401

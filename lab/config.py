@@ -5,11 +5,12 @@
 
 Composition, later wins:
 1. `configs/train.yaml` (defaults; its `groups:` names the default task),
-2. `configs/task/<task>.yaml` (a global overlay: `task:`, `model:`, `trainer:` ... and optional
-   `groups:` with task-specific default attention/pooling),
-3. for each of model / attention / pooling chosen on the command line, by the experiment, the task
-   file or train.yaml: the section is reset to `{name: <choice>}` and `configs/<group>/<choice>.yaml`
-   (if it exists) is merged into it,
+2. `configs/task/<task>.yaml` (a global overlay: `task:`, `trainer:` ...; its `model:`, `attention:`
+   and `pooling:` sections name the task's default choice and its settings for that choice),
+3. for each of model / attention / pooling, chosen on the command line, by the experiment, by the task
+   file or by train.yaml: the section is `{name: <choice>}` + `configs/<group>/<choice>.yaml` (if it
+   exists) + the task file's section when the task's choice is the one made (another choice drops
+   the task's settings for its default),
 4. `configs/experiment/<name>.yaml` (only the deltas of one paper setting; may hold `groups:`),
 5. dotted overrides from the command line.
 
@@ -207,12 +208,13 @@ def compose(args: list[str]) -> dict[str, Any]:
     task_name = reg["task"].canonical(str(task_name))
     task_file = group_file("task", task_name)
     task_tree = load_yaml(task_file) if task_file.exists() else {}
-    task_choices = task_tree.pop("groups", {}) or {}
+    task_sections = {group: task_tree.pop(group, None) or {} for group in ("model", "attention", "pooling")}
     tree = deep_merge(tree, task_tree)
     tree.setdefault("task", {})["name"] = task_name
 
     for group in ("model", "attention", "pooling"):
-        choice = (cli_choices.get(group) or experiment_choices.get(group) or task_choices.get(group)
+        task_section = task_sections[group]
+        choice = (cli_choices.get(group) or experiment_choices.get(group) or task_section.get("name")
                   or defaults.get(group))
         if choice is None:
             continue
@@ -220,6 +222,9 @@ def compose(args: list[str]) -> dict[str, Any]:
         section = {"name": name}
         if group_file(group, name).exists():
             section = deep_merge(section, load_yaml(group_file(group, name)).get(group, {}) or {})
+        if task_section.get("name") and reg[group].canonical(str(task_section["name"])) == name:
+            section = deep_merge(section, task_section)  # the task's settings for its own default choice
+        section["name"] = name
         tree[group] = section
 
     tree = deep_merge(tree, experiment)

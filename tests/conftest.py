@@ -7,6 +7,7 @@ import pytest
 import torch
 
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+torch.set_num_threads(1)  # tests use tiny tensors: one thread avoids OpenMP overhead (subprocesses keep the default)
 
 
 @pytest.fixture(autouse=True)

@@ -77,3 +77,13 @@ def test_missing_data_offline_is_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1
     assert "cifar-10-python.tar.gz" in err and str(tmp_path) in err
+
+
+def test_task_settings_apply_to_the_tasks_own_choice_only():
+    from backbones import BACKBONES
+
+    assert load_config(["task=cifar10"]).model.options["dim"] == 128  # configs/task/cifar10.yaml
+    assert load_config(["task=cifar10", "model=vit"]).model.options["dim"] == 128
+    other = load_config(["task=protein", "model=set_pooler"]).model
+    assert other.name == "set_pooler"
+    assert other.options == {k: o.default for k, o in BACKBONES.options("set_pooler").items()}

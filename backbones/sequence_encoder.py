@@ -1,0 +1,58 @@
+"""Token-sequence classifier: embeddings + learned positions, pre-LN blocks, masked pooling, linear head.
+
+Generic over vocabularies (amino acids here; subword or byte tokens for text tasks). The attention is
+chosen by name (`attention=`), the pooling from the registry (default: masked mean; a pooling that
+reads a CLS token gets one prepended). Padding never influences the valid positions' outputs, so a
+batch padded to its longest sequence gives every sequence the logits it would get alone.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from attention import AttentionSpec
+from attention.pooling import PoolingSpec, build_pooling
+
+from . import register_backbone
+from .blocks import Encoder
+
+
+def pooling_or_default(pooling: PoolingSpec, default: str = "mean") -> PoolingSpec:
+    return pooling if pooling.name else PoolingSpec(default, pooling.options)
+
+
+def prepend_cls(x: Tensor, padding_mask: Tensor | None, cls_token: Tensor) -> tuple[Tensor, Tensor | None]:
+    """Put a learned (1, 1, C) token in front of x (B, N, C); the mask gets a valid column in front."""
+    x = torch.cat([cls_token.expand(x.shape[0], -1, -1), x], dim=1)  # (B, 1 + N, C)
+    if padding_mask is not None:
+        padding_mask = torch.cat([padding_mask.new_zeros(x.shape[0], 1), padding_mask], dim=1)  # (B, 1 + N)
+    return x, padding_mask
+
+
+@register_backbone("sequence_encoder")
+class SequenceEncoder(nn.Module):
+    def __init__(self, *, num_classes: int, vocab_size: int, max_length: int, attention: AttentionSpec,
+                 pooling: PoolingSpec, dim: int = 128, depth: int = 2, num_heads: int = 4, mlp_ratio: float = 2.0,
+                 dropout: float = 0.0):
+        super().__init__()
+        self.max_length = max_length
+        self.token_embed = nn.Embedding(vocab_size, dim)
+        self.pos_embed = nn.Parameter(torch.zeros(1, max_length, dim))
+        nn.init.normal_(self.token_embed.weight, std=0.02)
+        nn.init.normal_(self.pos_embed, std=0.02)
+        self.pool = build_pooling(pooling_or_default(pooling), dim=dim)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim)) if self.pool.needs_cls_token else None
+        self.dropout = nn.Dropout(dropout)
+        self.encoder = Encoder(dim, depth, num_heads, attention, mlp_ratio=mlp_ratio, dropout=dropout)
+        self.head = nn.Linear(self.pool.output_dim, num_classes)
+
+    def forward(self, tokens: Tensor, padding_mask: Tensor | None = None) -> Tensor:
+        """tokens: (B, N) long; padding_mask: (B, N) bool, True = padding -> logits (B, num_classes)."""
+        n = tokens.shape[1]
+        if n > self.max_length:
+            raise ValueError(f"sequences of {n} tokens exceed this model's max_length {self.max_length}")
+        x = self.token_embed(tokens) + self.pos_embed[:, :n]  # (B, N, dim)
+        if self.cls_token is not None:
+            x, padding_mask = prepend_cls(x, padding_mask, self.cls_token)
+        x = self.encoder(self.dropout(x), padding_mask)
+        return self.head(self.pool(x, padding_mask))

@@ -1,0 +1,184 @@
+"""One benchmark measurement: forward+backward time and peak memory of one mechanism at one length.
+
+`bench/attention.py` runs this module in a fresh subprocess per (mechanism, n), so that peak memory
+is not polluted by earlier, larger measurements:
+
+    python -m bench.worker --entry esp:cost=sqeuclidean --n 1024 [--batch 1 --heads 4 --head-dim 32]
+
+It prints one line `BENCH_RESULT {json}` on stdout. A measurement is: a tiny untimed call (n = 16)
+that absorbs one-time lazy initialisation (thread pools, kernel dispatch), then at the real n one
+warm-up call followed by up to `--repeats` timed calls while their total stays within the budget
+(none when the warm-up alone exceeds it). Loss = (out * fixed random weights).sum().
+
+Peak memory is the increase over a baseline taken after imports and input allocation:
+* CPU: the peak resident set size (VmHWM, reset through /proc/self/clear_refs) minus the resident
+  size at the baseline. The parent sets MALLOC_MMAP_THRESHOLD_ so that freed buffers above 64 KiB go
+  back to the OS and the peak tracks live memory rather than the allocator's high-water mark;
+* CUDA: torch.cuda.max_memory_allocated minus the allocated bytes at the baseline.
+"""
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import statistics
+import time
+from typing import Any
+
+import torch
+from torch import nn
+
+from attention import build_attention
+from lab.registry import ConfigError, closest_first
+
+RESULT_MARKER = "BENCH_RESULT "
+DIRECT_ESP = "esp_direct"  # pseudo-mechanism: the direct reference ESP formulation in bench/esp_reference.py
+
+
+def parse_entry(entry: str) -> tuple[str, dict[str, Any]]:
+    """`"esp:cost=sqeuclidean,slice_chunk=4"` -> `("esp", {"cost": "sqeuclidean", "slice_chunk": 4})`."""
+    name, _, option_text = entry.strip().partition(":")
+    if not name:
+        raise ConfigError(f"bad attention entry {entry!r}: expected name or name:option=value,option=value")
+    options: dict[str, Any] = {}
+    for pair in filter(None, (p.strip() for p in option_text.split(","))):
+        key, equals, value = pair.partition("=")
+        if not equals or not key.strip():
+            raise ConfigError(f"bad option {pair!r} in {entry!r}: expected option=value")
+        options[key.strip()] = _scalar(value.strip())
+    return name, options
+
+
+def _scalar(text: str) -> Any:
+    """A command-line value as bool / None / int / float, or the string itself."""
+    words = {"true": True, "false": False, "none": None, "null": None}
+    if text.lower() in words:
+        return words[text.lower()]
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+class _Function(nn.Module):
+    """A plain function `f(q, k, v, **options)` with the core's call signature."""
+
+    def __init__(self, function, options: dict[str, Any]):
+        super().__init__()
+        self.function, self.options = function, options
+
+    def forward(self, q, k, v):
+        return self.function(q, k, v, **self.options)
+
+
+def make_attention(name: str, options: dict[str, Any], heads: int, head_dim: int) -> nn.Module:
+    """A registered core, or the direct ESP formulation for `esp_direct`; bad options raise ConfigError."""
+    if name != DIRECT_ESP:
+        return build_attention(name, num_heads=heads, head_dim=head_dim, **options)
+    from bench.esp_reference import esp_reference_forward  # written separately; absent -> ImportError
+
+    valid = [p for p in inspect.signature(esp_reference_forward).parameters if p not in ("q", "k", "v")]
+    for key in options:
+        if key not in valid:
+            raise ConfigError(f"unknown option '{key}' for {DIRECT_ESP}; valid options: "
+                              + ", ".join(closest_first(key, valid)))
+    return _Function(esp_reference_forward, options)
+
+
+class PeakMemory:
+    """Peak bytes allocated above the baseline taken by `start()` (see the module docstring)."""
+
+    def __init__(self, device: torch.device):
+        self.device = device
+
+    def start(self) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            self.baseline = torch.cuda.memory_allocated(self.device)
+            return
+        self.baseline = _proc_status_bytes("VmRSS")
+        with open("/proc/self/clear_refs", "w") as clear_refs:
+            clear_refs.write("5")  # resets VmHWM (peak RSS) to the current RSS (Linux >= 4.0)
+
+    def peak_increase(self) -> int:
+        if self.device.type == "cuda":
+            return torch.cuda.max_memory_allocated(self.device) - self.baseline
+        return _proc_status_bytes("VmHWM") - self.baseline
+
+
+def _proc_status_bytes(field: str) -> int:
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024  # the kernel reports kB
+    raise RuntimeError(f"/proc/self/status has no {field}; CPU peak memory needs Linux")
+
+
+def measure(entry: str, n: int, *, batch: int = 1, heads: int = 4, head_dim: int = 32, repeats: int = 5,
+            budget_seconds: float = 60.0, device: str = "cpu", seed: int = 0) -> dict[str, Any]:
+    """Time and peak memory of one forward+backward of `entry` at length `n` (in this process)."""
+    dev = torch.device(device)
+    core = make_attention(*parse_entry(entry), heads, head_dim).to(dev)
+    generator = torch.Generator().manual_seed(seed)
+
+    def inputs(length: int):  # q, k, v: (B, H, N, D) leaves with grads; loss weights like the output
+        tensors = [torch.randn(batch, heads, length, head_dim, generator=generator) for _ in range(4)]
+        return [t.to(dev).requires_grad_(i < 3) for i, t in enumerate(tensors)]
+
+    def forward_backward(q, k, v, weights) -> float:
+        start = time.perf_counter()
+        (core(q, k, v) * weights).sum().backward()
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+        elapsed = time.perf_counter() - start
+        q.grad = k.grad = v.grad = None
+        core.zero_grad(set_to_none=True)
+        return elapsed
+
+    forward_backward(*inputs(16))  # one-time lazy initialisation, outside the measurement
+    tensors = inputs(n)
+    memory = PeakMemory(dev)
+    memory.start()
+    warmup = forward_backward(*tensors)
+    times: list[float] = []
+    while warmup <= budget_seconds and len(times) < repeats and sum(times) <= budget_seconds:
+        times.append(forward_backward(*tensors))
+    seconds = statistics.median(times) if times else warmup
+    return {"time_s": seconds, "times_s": times, "warmup_s": warmup, "timed_runs": len(times),
+            "over_budget": seconds > budget_seconds, "peak_bytes": memory.peak_increase()}
+
+
+def _is_out_of_memory(error: BaseException) -> bool:
+    text = str(error).lower()
+    return isinstance(error, MemoryError) or "out of memory" in text or "can't allocate memory" in text
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--entry", required=True, help="mechanism, optionally name:option=value,...")
+    parser.add_argument("--n", type=int, required=True)
+    parser.add_argument("--batch", type=int, default=1)
+    parser.add_argument("--heads", type=int, default=4)
+    parser.add_argument("--head-dim", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--budget-seconds", type=float, default=60.0)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--device", default="cpu")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    try:
+        result = {"status": "ok", **measure(args.entry, args.n, batch=args.batch, heads=args.heads,
+                                            head_dim=args.head_dim, repeats=args.repeats,
+                                            budget_seconds=args.budget_seconds, device=args.device)}
+    except Exception as error:  # noqa: BLE001 - one failing mechanism must not stop the benchmark
+        status = "oom" if _is_out_of_memory(error) else "error"
+        result = {"status": status, "message": f"{type(error).__name__}: {str(error).splitlines()[0][:300]}"}
+    print(RESULT_MARKER + json.dumps(result), flush=True)
+
+
+if __name__ == "__main__":
+    main()
