@@ -10,6 +10,22 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from .runtime import step_seed
 
 
+class TensorDictDataset(Dataset):
+    """In-memory examples: item i is {name: tensor[i]} for each named tensor (all of the same length)."""
+
+    def __init__(self, **tensors: torch.Tensor):
+        lengths = {len(t) for t in tensors.values()}
+        if len(lengths) != 1:
+            raise ValueError(f"tensors of different lengths: { {k: len(t) for k, t in tensors.items()} }")
+        self.tensors = tensors
+
+    def __len__(self) -> int:
+        return len(next(iter(self.tensors.values())))
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        return {name: tensor[index] for name, tensor in self.tensors.items()}
+
+
 class EpochBatchSampler(Sampler[list[int]]):
     """Index batches for one epoch: a permutation seeded by (seed, epoch), sharded across ranks,
     starting at batch `start` (to resume mid-epoch)."""

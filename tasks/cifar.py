@@ -19,25 +19,12 @@ from typing import ClassVar
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import Dataset
 
+from lab.data import TensorDictDataset
 from lab.download import DataError, download as download_file, extract, verify
 
 from . import register_task
 from .classification import ClassificationTask
-
-
-class ImageTensorDataset(Dataset):
-    """In-memory uint8 images (N, 3, 32, 32) with integer labels; items are batch-ready dicts."""
-
-    def __init__(self, images: Tensor, labels: Tensor):
-        self.images, self.labels = images, labels
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, index: int) -> dict[str, Tensor]:
-        return {"images": self.images[index], "labels": self.labels[index]}
 
 
 def read_pickle(path: Path) -> dict:
@@ -84,7 +71,7 @@ class Cifar10(ClassificationTask):
         if not 0.0 < val_fraction < 1.0:
             raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
         self.val_fraction, self.augment, self.split_seed = val_fraction, augment, split_seed
-        self.splits: dict[str, ImageTensorDataset] = {}
+        self.splits: dict[str, TensorDictDataset] = {}
 
     # -- data on disk ---------------------------------------------------------------------------
     @classmethod
@@ -132,9 +119,9 @@ class Cifar10(ClassificationTask):
         num_val = max(1, round(self.val_fraction * len(labels)))
         train_idx, val_idx = order[num_val:], order[:num_val]
         test_images, test_labels = self._read(self.test_files)
-        self.splits = {"train": ImageTensorDataset(images[train_idx], labels[train_idx]),
-                       "val": ImageTensorDataset(images[val_idx], labels[val_idx]),
-                       "test": ImageTensorDataset(test_images, test_labels)}
+        self.splits = {"train": TensorDictDataset(images=images[train_idx], labels=labels[train_idx]),
+                       "val": TensorDictDataset(images=images[val_idx], labels=labels[val_idx]),
+                       "test": TensorDictDataset(images=test_images, labels=test_labels)}
 
     def datasets(self):
         return self.splits

@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torch.utils.data import Dataset
 
+from lab.data import TensorDictDataset
 from lab.download import DataError, extract
 from lab.download import download as download_file
 from lab.registry import ConfigError
@@ -30,19 +30,6 @@ from .classification import ClassificationTask
 from .synthetic_shapes import write_synthetic_modelnet
 
 DOWNLOAD_TIMEOUT = 20.0  # seconds without an answer before a download counts as failed
-
-
-class PointClouds(Dataset):
-    """Items {"points": (N, C), "labels": ()} from dense tensors."""
-
-    def __init__(self, points: Tensor, labels: Tensor):
-        self.points, self.labels = points, labels
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, index: int) -> dict[str, Tensor]:
-        return {"points": self.points[index], "labels": self.labels[index]}
 
 
 def stratified_split(labels: Tensor, fraction: float, seed: int) -> tuple[Tensor, Tensor]:
@@ -78,7 +65,7 @@ class ModelNet40(ClassificationTask):
         self.scale_range, self.translate = (scale_low, scale_high), translate
         self.jitter, self.jitter_clip = jitter, jitter_clip
         self.class_names: list[str] = []
-        self._splits: dict[str, PointClouds] = {}
+        self._splits: dict[str, TensorDictDataset] = {}
 
     # -- data on disk ---------------------------------------------------------------------------
     @classmethod
@@ -138,11 +125,11 @@ class ModelNet40(ClassificationTask):
         self.class_names = [folders[i] for i in present.tolist()]
         train_labels, test_labels = new_label[train_labels], new_label[test_labels]
         keep, held_out = stratified_split(train_labels, self.val_fraction, self.split_seed)
-        self._splits = {"train": PointClouds(train_points[keep], train_labels[keep]),
-                        "val": PointClouds(train_points[held_out], train_labels[held_out]),
-                        "test": PointClouds(test_points, test_labels)}
+        self._splits = {"train": TensorDictDataset(points=train_points[keep], labels=train_labels[keep]),
+                        "val": TensorDictDataset(points=train_points[held_out], labels=train_labels[held_out]),
+                        "test": TensorDictDataset(points=test_points, labels=test_labels)}
 
-    def datasets(self) -> dict[str, Dataset]:
+    def datasets(self) -> dict[str, TensorDictDataset]:
         if not self._splits:
             raise RuntimeError("call setup() before datasets()")
         return dict(self._splits)

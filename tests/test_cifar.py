@@ -42,7 +42,7 @@ def test_task_loads_splits(cifar_root):
     # the split is seeded: same seed, same validation images
     again = Cifar10(data_root=cifar_root, download=False)
     again.setup()
-    assert torch.equal(again.datasets()["val"].images, task.datasets()["val"].images)
+    assert torch.equal(again.datasets()["val"].tensors["images"], task.datasets()["val"].tensors["images"])
 
 
 def test_cifar100_layout(tmp_path):

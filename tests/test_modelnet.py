@@ -66,8 +66,8 @@ def test_processed_splits_shapes_labels_and_classes(root):
     assert item["points"].shape == (POINTS, 3) and item["points"].dtype == torch.float32
     assert item["labels"].dtype == torch.int64
     for split in splits.values():
-        assert torch.equal(split.labels.bincount(), torch.full((8,), len(split) // 8))
-        assert split.points.abs().amax() <= 1.0 + 1e-6  # NormalizeScale
+        assert torch.equal(split.tensors["labels"].bincount(), torch.full((8,), len(split) // 8))
+        assert split.tensors["points"].abs().amax() <= 1.0 + 1e-6  # NormalizeScale
     batch = task.collate([splits["test"][i] for i in range(4)])
     assert batch["points"].shape == (4, POINTS, 3) and batch["labels"].shape == (4,)
     assert task.backbone_inputs() == {"in_channels": 3}
@@ -78,18 +78,18 @@ def test_second_load_hits_the_cache_and_new_settings_reprocess(root, monkeypatch
     make_task(root)
     cache = root / "ModelNet40" / f"processed_{POINTS}" / "training.pt"
     stamp = cache.stat().st_mtime_ns
-    first = make_task(root).datasets()["test"].points
+    first = make_task(root).datasets()["test"].tensors["points"]
 
     def no_reading(path):
         raise AssertionError(f"{path} was read again although the cache exists")
 
     monkeypatch.setattr("tasks.modelnet_pyg.read_off", no_reading)
-    assert torch.equal(make_task(root).datasets()["test"].points, first)
+    assert torch.equal(make_task(root).datasets()["test"].tensors["points"], first)
     assert cache.stat().st_mtime_ns == stamp
     monkeypatch.undo()
     with_normals = make_task(root, normals=True)
     assert (root / "ModelNet40" / f"processed_{POINTS}_normals").is_dir()
-    points = with_normals.datasets()["train"].points
+    points = with_normals.datasets()["train"].tensors["points"]
     assert points.shape[-1] == 6 and with_normals.backbone_inputs() == {"in_channels": 6}
     assert torch.allclose(points[..., 3:].norm(dim=-1), torch.ones(()), atol=1e-5)
 
