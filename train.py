@@ -279,18 +279,9 @@ class Trainer:
         self.run_dir = self.dist.broadcast(self.run_dir)
         tracker = Tracker(cfg, self.run_id, enabled=self.dist.is_main)
         self.run_id = tracker.run_id
-        num_params = sum(p.numel() for p in self.model.parameters())
-        tracker.log_params({**flatten(cfg.to_dict()), "model.num_parameters": num_params, **self.task.describe()})
-        tracker.set_tags({"task": cfg.task.name, "attention": cfg.attention.name, "seed": cfg.seed,
-                          "pooling": cfg.pooling.name or "default", "backbone": cfg.model.name,
-                          "git_commit": git_commit(), "device": str(self.device), "run_dir": str(self.run_dir),
-                          "world_size": self.dist.world_size})
-        if fresh:
-            tracker.log_text(cfg.to_yaml(), "config.yaml")
-        self._print(f"{cfg.run_name}: {num_params / 1e6:.2f}M parameters on {self.device}, "
-                    f"{self.planned_steps} optimizer steps ({self.steps_per_epoch}/epoch), checkpoints in {self.run_dir}")
         stop = StopSignal()
         try:
+            self._log_run_info(tracker, fresh)
             outcome = self._train(tracker, stop)
             if outcome == "stopped":
                 tracker.end("KILLED")
@@ -312,6 +303,19 @@ class Trainer:
         self._print("test: " + " ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
         self._print(tracker.ui_hint())
         return 0
+
+    def _log_run_info(self, tracker: Tracker, fresh: bool) -> None:
+        cfg = self.cfg
+        num_params = sum(p.numel() for p in self.model.parameters())
+        tracker.log_params({**flatten(cfg.to_dict()), "model.num_parameters": num_params, **self.task.describe()})
+        tracker.set_tags({"task": cfg.task.name, "attention": cfg.attention.name, "seed": cfg.seed,
+                          "pooling": cfg.pooling.name or "default", "backbone": cfg.model.name,
+                          "git_commit": git_commit(), "device": str(self.device), "run_dir": str(self.run_dir),
+                          "world_size": self.dist.world_size})
+        if fresh:
+            tracker.log_text(cfg.to_yaml(), "config.yaml")
+        self._print(f"{cfg.run_name}: {num_params / 1e6:.2f}M parameters on {self.device}, "
+                    f"{self.planned_steps} optimizer steps ({self.steps_per_epoch}/epoch), checkpoints in {self.run_dir}")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -11,9 +11,10 @@ from .runtime import step_seed
 
 
 class TensorDictDataset(Dataset):
-    """In-memory examples: item i is {name: tensor[i]} for each named tensor (all of the same length)."""
+    """In-memory examples: item i is {name: values[i]} for each named tensor or list of tensors
+    (variable-length sequences); all of the same length."""
 
-    def __init__(self, **tensors: torch.Tensor):
+    def __init__(self, **tensors: torch.Tensor | list[torch.Tensor]):
         lengths = {len(t) for t in tensors.values()}
         if len(lengths) != 1:
             raise ValueError(f"tensors of different lengths: { {k: len(t) for k, t in tensors.items()} }")
@@ -21,6 +22,12 @@ class TensorDictDataset(Dataset):
 
     def __len__(self) -> int:
         return len(next(iter(self.tensors.values())))
+
+    def __getattr__(self, name: str):  # dataset.labels -> the whole `labels` tensor
+        tensors = self.__dict__.get("tensors", {})
+        if name in tensors:
+            return tensors[name]
+        raise AttributeError(f"{type(self).__name__} has no attribute or tensor '{name}'")
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         return {name: tensor[index] for name, tensor in self.tensors.items()}

@@ -36,6 +36,7 @@ from torch.utils.data import Dataset
 from attention import AttentionSpec
 from attention.pooling import PoolingSpec
 from backbones import BACKBONES
+from lab.data import TensorDictDataset
 from lab.registry import ConfigError
 from lab.runtime import select_device
 
@@ -48,19 +49,6 @@ from .protein_data import (VOCAB_SIZE, ProteinSplits, check_scldata, flip_scl_cs
 
 SUBSET_SEED = 0
 FEATURE_FOLDER = "protein_features"  # below the data root: <featurizer>/<sha1[:2]>/<sha1>.pt
-
-
-class TokenDataset(Dataset):
-    """Token id tensors (n_i,) with integer labels."""
-
-    def __init__(self, tokens: list[Tensor], labels: Tensor):
-        self.tokens, self.labels = tokens, labels
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, index: int) -> dict[str, Tensor]:
-        return {"tokens": self.tokens[index], "labels": self.labels[index]}
 
 
 class FeatureFileDataset(Dataset):
@@ -128,7 +116,8 @@ class Protein(ClassificationTask):
                for split, seqs in data.sequences.items()}
         labels = {split: torch.tensor(values, dtype=torch.long) for split, values in data.labels.items()}
         if self.featurizer == "learned":
-            self.splits = {split: TokenDataset([torch.from_numpy(tokenize(s)) for s in seqs], labels[split])
+            self.splits = {split: TensorDictDataset(tokens=[torch.from_numpy(tokenize(s)) for s in seqs],
+                                                    labels=labels[split])
                            for split, seqs in cut.items()}
             return
         cache = EsmFeatureCache(self.featurizer, self.data_root / FEATURE_FOLDER, download=self.download,
