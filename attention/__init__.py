@@ -14,6 +14,7 @@ from .registry import AttentionSpec, build_attention, get_attention, list_attent
 
 # One import per mechanism; importing registers it.
 from . import softmax  # noqa: E402,F401
+from . import esp  # noqa: E402,F401
 
 __all__ = ["AttentionCore", "AttentionSpec", "MultiHeadAttention", "build_attention", "get_attention",
            "list_attentions", "make_core", "register_attention"]
