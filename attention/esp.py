@@ -29,7 +29,7 @@ from lab.registry import ConfigError
 from .base import AttentionCore
 from .esp_function import EspFunction, EspSettings, slice_weights
 from .registry import register_attention
-from .soft_sort import SoftSortKernel, negligible_log, valid_ranks
+from .soft_sort import SoftSortKernel, negligible_log, valid_column, valid_ranks
 
 COSTS = ("euclidean", "sqeuclidean")
 
@@ -88,7 +88,7 @@ def dense_esp_plan(q: Tensor, k: Tensor, valid: Tensor | None, settings: EspSett
     plans = []
     for values in (q, k):
         sort = SoftSortKernel(values.transpose(-1, -2), valid, ranks, settings.sort_temperature, floor)
-        sort.normalise(values.new_ones(b, h, n, 1))  # sets the row normalisers
+        sort.normalise(valid_column(valid, q[..., 0]).expand(b, h, n, 1))  # sets the row normalisers
         soft = sort.normalised()  # (B, H, d, N, N)  P[r, i]
         if settings.hard:  # straight-through: exact permutation forward, soft gradient backward
             exact = torch.zeros_like(soft).scatter(-1, sort.order[..., None], 1.0)
