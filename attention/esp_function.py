@@ -17,6 +17,7 @@ the backward the soft Jacobian (straight-through).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 
 import torch
@@ -98,9 +99,14 @@ class EspFunction(torch.autograd.Function):
         context = _Context(q, valid_tokens, settings)
         if settings.scale_by_n:
             grad_out = grad_out * _token_counts(valid_tokens, b, n, grad_out)
+        # Backward is linear in grad_out: run it on grad_out / its largest entry and scale the result back, so
+        # the loss scale cannot push products of kernel entries into denormal numbers (~100× slower matmuls)
+        grad_scale = grad_out.abs().amax().clamp(min=torch.finfo(q.dtype).tiny)
+        grad_out = grad_out / grad_scale
         grad_weights = torch.einsum("bhnd,bhlnd->bhl", grad_out, transported)
         grad_costs = -settings.inv_temperature * weights * (
             grad_weights - (weights * grad_weights).sum(-1, keepdim=True))  # ∂L/∂D_l, (B, H, L)
+        grad_costs = grad_costs.masked_fill(grad_costs.abs() < math.exp(context.floor), 0.0)  # negligible
         right_q, right_k = grad_out, v  # Z of the upstream gradients P̄ = L Zᵀ of A and of B
         if not context.euclidean:
             right_q = torch.cat([grad_out, q, q.square().sum(-1, keepdim=True)], dim=-1)  # (B, H, n, dv + d + 1)
@@ -108,6 +114,7 @@ class EspFunction(torch.autograd.Function):
         distance = pair_distances(q, k, valid_tokens) if context.euclidean else None
         grad_distance = q.new_zeros(b, h, n, n) if context.euclidean and not settings.hard else None
         grad_q, grad_k, grad_v = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
+        scratch = q.new_empty(context.buffer_size) if context.euclidean and not settings.hard else None
         for chunk, sort_q, sort_k in context.chunks(q, k):
             applied_q = sort_q.normalise(sort_q.jacobian_rhs(right_q), scaled=False)  # E_A [Z, s⊙Z, s]
             applied_k = sort_k.normalise(sort_k.jacobian_rhs(right_k), scaled=False)  # E_B [Z', s'⊙Z', s']
@@ -128,7 +135,8 @@ class EspFunction(torch.autograd.Function):
             if context.euclidean and settings.hard:
                 full_q, full_k = _hard_full_rank(sort_q, sort_k, distance, grad_costs[..., chunk])
             elif context.euclidean:
-                full_q = _query_full_rank(sort_q, sort_k, distance, grad_costs[..., chunk], grad_distance)
+                full_q = _query_full_rank(sort_q, sort_k, distance, grad_costs[..., chunk], grad_distance, scratch,
+                                          context.lift)
                 full_k = {key: term[..., chunk, :] * g_n for key, term, g_n in
                           zip(FULL_RANK_KEYS, key_terms, [grad_costs[..., chunk, None]] * 4)}
             values_q, transposed_q = sort_q.value_gradients(left_q, right_q, applied_q, full_q)
@@ -144,13 +152,13 @@ class EspFunction(torch.autograd.Function):
             elif settings.hard:
                 _hard_distance_backward(q, k, sort_q, sort_k, grad_costs[..., chunk], grad_q, grad_k)
         if grad_distance is not None:  # C_ij = ‖q_i − k_j‖: ∂C_ij/∂q_i = (q_i − k_j)/C_ij
-            inverse = torch.where(distance > 0, grad_distance / distance, 0.0)  # (B, H, n, n)
-            grad_q += q * inverse.sum(-1, keepdim=True) - inverse @ k
-            grad_k += k * inverse.sum(-2)[..., None] - inverse.transpose(-1, -2) @ q
+            inverse = torch.where(distance > 0, grad_distance / distance, 0.0)  # (B, H, n, n), lifted
+            grad_q += (q * inverse.sum(-1, keepdim=True) - inverse @ k) / context.lift
+            grad_k += (k * inverse.sum(-2)[..., None] - inverse.transpose(-1, -2) @ q) / context.lift
         if valid_tokens is not None:  # results at padded tokens are discarded (see soft_sort.py)
             padded = ~valid_tokens[:, None, :, None]
             grad_q, grad_k, grad_v = (t.masked_fill_(padded, 0.0) for t in (grad_q, grad_k, grad_v))
-        return grad_q, grad_k, grad_v, None, None
+        return grad_q * grad_scale, grad_k * grad_scale, grad_v * grad_scale, None, None
 
 
 class _Context:
@@ -161,6 +169,8 @@ class _Context:
         self.settings, self.valid_tokens = settings, valid_tokens
         self.euclidean = settings.cost == "euclidean"
         self.floor = negligible_log(q.dtype, n)
+        # Σ_l ḡ_l A_lᵀ B_l multiplies three factors as small as e^floor: computed times `lift` to stay normal
+        self.lift = math.exp(-self.floor)
         self.ranks = valid_ranks(valid_tokens, n)  # (B, n)
         self.rank_mask = None if self.ranks is None else self.ranks[:, None, None, :, None].to(q.dtype)
         self.ones = valid_column(valid_tokens, q[..., 0])  # (B, 1, n, 1)
@@ -245,29 +255,26 @@ def _hard_distance_backward(q: Tensor, k: Tensor, sort_q: SoftSortKernel, sort_k
 
 
 def _query_full_rank(sort_q: SoftSortKernel, sort_k: SoftSortKernel, distance: Tensor, grad_costs: Tensor,
-                     grad_distance: Tensor) -> dict[str, Tensor]:
-    """∂L/∂A_l = ḡ_l B_l Cᵀ reduced to n-vectors, and ḡ_l A_lᵀ B_l added into grad_distance.
+                     grad_distance: Tensor, scratch: Tensor, lift: float) -> dict[str, Tensor] | None:
+    """∂L/∂A_l = ḡ_l B_l Cᵀ reduced to n-vectors, and lift · Σ_l ḡ_l A_lᵀ B_l added into grad_distance.
 
-    Only for the slices with ḡ_l = ∂L/∂D_l ≠ 0 (a slice whose weight underflowed contributes exactly
-    nothing); finding them is a host sync, in backward only. Slices: (B, H, c); grad_costs (B, H, c).
+    grad_costs ḡ (B, H, c). A chunk in which every ḡ_l is exactly zero (weights that underflowed)
+    contributes exactly nothing and is skipped; that test is a host sync, in backward only.
     """
+    if not grad_costs.any():
+        return None
     b, h, c, n = sort_q.values.shape
-    terms = sort_q.values.new_zeros(4, b * h * c, n)
-    flat_grad = grad_costs.reshape(-1)  # (B·H·c,)
-    active = flat_grad.nonzero().squeeze(-1)  # (m,)
-    if active.numel():
-        head = active // c  # index into B·H
-        dist = distance.reshape(b * h, n, n)[head]  # (m, n, n)
-        scale = flat_grad[active]
-        p_q = sort_q.kernel.reshape(-1, n, n)[active] * sort_q.inv_norm.reshape(-1, n)[active, :, None]
-        p_k = sort_k.kernel.reshape(-1, n, n)[active] * sort_k.inv_norm.reshape(-1, n)[active, :, None]
-        grad_distance.view(b * h, n, n).index_add_(0, head, torch.bmm(p_q.transpose(-1, -2), p_k)
-                                                   * scale[:, None, None])  # Σ_l ḡ_l A_lᵀ B_l
-        weighted = p_q.mul_(torch.bmm(p_k, dist.transpose(-1, -2)))  # A ⊙ (B Cᵀ)   (m, n, n)
-        active_terms = terms.new_empty(4, active.numel(), n)
-        _reduce_full_rank(active_terms, weighted, None, _Rows(sort_q, active))
-        terms[:, active] = active_terms * scale[:, None]
-    return dict(zip(FULL_RANK_KEYS, terms.view(4, b, h, c, n)))
+    both = sort_q.inv_norm * sort_k.inv_norm  # (B, H, c, n)  α β
+    # Σ_l ḡ_l A_lᵀ B_l = Σ_l E_A,lᵀ diag(ḡ_l α_l β_l) E_B,l: one matmul over the chunk's slices stacked by rows
+    row_scale = both * (grad_costs[..., None] * lift)
+    scaled_k = torch.mul(sort_k.kernel, row_scale[..., None], out=scratch.view(b, h, c, n, n))
+    grad_distance.view(b * h, n, n).baddbmm_(sort_q.kernel.view(b * h, c * n, n).transpose(1, 2),
+                                             scaled_k.view(b * h, c * n, n))
+    # A ⊙ (B Cᵀ) = diag(α β) (E_A ⊙ E_B Cᵀ)
+    weighted = torch.bmm(sort_k.kernel.view(b * h, c * n, n), distance.view(b * h, n, n).transpose(1, 2),
+                         out=scratch.view(b * h, c * n, n)).view(b, h, c, n, n).mul_(sort_q.kernel)
+    terms = _reduce_full_rank(weighted.new_empty(4, b, h, c, n), weighted, both, sort_q)
+    return dict(zip(FULL_RANK_KEYS, terms * grad_costs[..., None]))
 
 
 def _hard_full_rank(sort_q: SoftSortKernel, sort_k: SoftSortKernel, distance: Tensor, grad_costs: Tensor
