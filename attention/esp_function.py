@@ -116,13 +116,12 @@ class EspFunction(torch.autograd.Function):
         grad_q, grad_k, grad_v = torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)
         scratch = q.new_empty(context.buffer_size) if context.euclidean and not settings.hard else None
         for chunk, sort_q, sort_k in context.chunks(q, k):
-            applied_q = sort_q.normalise(sort_q.jacobian_rhs(right_q), scaled=False)  # E_A [Z, s⊙Z, s]
-            applied_k = sort_k.normalise(sort_k.jacobian_rhs(right_k), scaled=False)  # E_B [Z', s'⊙Z', s']
+            products_q = sort_q.jacobian_products(right_q)  # A Z, A (s⊙Z), A s
+            products_k = sort_k.jacobian_products(right_k)  # B Z', B (s'⊙Z'), B s'
             if settings.hard:  # forward values from the permutations, the Jacobian from the soft kernels
                 a_right, b_right = _gather_rows(right_q, sort_q.order), _gather_rows(right_k, sort_k.order)
             else:
-                a_right = applied_q[..., :right_q.shape[-1]] * sort_q.inv_norm[..., None]  # A Z
-                b_right = applied_k[..., :right_k.shape[-1]] * sort_k.inv_norm[..., None]  # B Z'
+                a_right, b_right = products_q[0], products_k[0]
             w = weights[..., chunk, None, None]  # (B, H, c, 1, 1)
             left_q, left_k = w * b_right[..., :dv], w * a_right[..., :dv]  # L of P̄_A = L Zᵀ and of P̄_B
             if not context.euclidean:
@@ -139,8 +138,8 @@ class EspFunction(torch.autograd.Function):
                                           context.lift)
                 full_k = {key: term[..., chunk, :] * g_n for key, term, g_n in
                           zip(FULL_RANK_KEYS, key_terms, [grad_costs[..., chunk, None]] * 4)}
-            values_q, transposed_q = sort_q.value_gradients(left_q, right_q, applied_q, full_q)
-            values_k, transposed_k = sort_k.value_gradients(left_k, right_k, applied_k, full_k)
+            values_q, transposed_q = sort_q.value_gradients(left_q, right_q, products_q, full_q)
+            values_k, transposed_k = sort_k.value_gradients(left_k, right_k, products_k, full_k)
             grad_q[..., chunk] += values_q.transpose(-1, -2)
             grad_k[..., chunk] += values_k.transpose(-1, -2)
             if settings.hard:  # the direct terms go through the permutations: Aᵀ L and Bᵀ L are scatters
@@ -323,11 +322,16 @@ def _reduce_full_rank(out: Tensor, weighted: Tensor, row_scale: Tensor | None, r
     """The four n-vectors of M = diag(row_scale) · weighted, M = P ⊙ F, that `value_gradients` needs.
 
     out (4, ..., n) receives rowsum(M) ("rho"), M s ("by_values"), Mᵀ a ("t_ranked"), Mᵀ 1 ("t_ones");
-    weighted (..., n, n); s, a: the values and ranked values of `rows`.
+    weighted (..., n, n); s, a: the values and ranked values of `rows`. The products are taken as
+    (2, n) row blocks times (n, n), the fast orientation for two columns.
     """
+    n = weighted.shape[-1]
     scale = torch.ones_like(rows.values) if row_scale is None else row_scale
-    by_rank = torch.matmul(weighted, torch.stack([torch.ones_like(rows.values), rows.values], dim=-1))
-    by_token = torch.matmul(weighted.transpose(-1, -2), torch.stack([scale * rows.ranked, scale], dim=-1))
-    out[0], out[1] = by_rank[..., 0] * scale, by_rank[..., 1] * scale
-    out[2], out[3] = by_token[..., 0], by_token[..., 1]
+    flat = weighted.reshape(-1, n, n)
+    by_rank = torch.bmm(torch.stack([torch.ones_like(rows.values), rows.values], dim=-2).reshape(-1, 2, n),
+                        flat.transpose(1, 2)).view(out.shape[1:-1] + (2, n))  # [M 1; M s]
+    by_token = torch.bmm(torch.stack([scale * rows.ranked, scale], dim=-2).reshape(-1, 2, n), flat
+                         ).view(out.shape[1:-1] + (2, n))  # [Mᵀ(scale ⊙ a); Mᵀ scale]
+    out[0], out[1] = by_rank[..., 0, :] * scale, by_rank[..., 1, :] * scale
+    out[2], out[3] = by_token[..., 0, :], by_token[..., 1, :]
     return out

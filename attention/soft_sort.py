@@ -5,14 +5,13 @@ a_1 ≥ … ≥ a_n their order statistics, is P[r, i] = softmax_i(−(a_r − s
 unnormalised: E[r, i] = exp(−(a_r − s_i)² / t) and P = diag(inv_norm) E, so every product with P is
 a matmul with E plus a scaling of thin (n, p) matrices, and P itself is never written out.
 
-How it is built (three passes over the (n, n) kernel: one rank-3 matmul, a clamp, an exp, all in place):
-* the logits are [a, a², 1] · [2s/t, −1/t, −s²/t]ᵀ = −(a − s)²/t, on values centred per slice
-  (float32 cancellation grows with s²/t);
-* logits are clamped at `floor` before exp: exp is ~20× slower on arguments that underflow, and
-  denormal numbers make CPU matmuls ~100× slower. e^floor is chosen so that a product of two kernel
-  entries and 1/n² is still a normal float; the mass this adds is < n·e^floor ≈ 1e-13 of a row at
-  n = 1,024 in float32, far below rounding;
-* the row sums come from a trailing column of the first right-hand side (`normalise`).
+The kernel is built in four in-place passes over (n, n): a_r − s_i on values pre-scaled by t^-1/2 (exact
+differences: the rank-2 matmul form 2as − a² − s² loses ~1e-4 of every entry to float32 cancellation),
+its negated square, a clamp at `floor`, exp. The clamp matters: exp is ~20× slower on arguments that
+underflow, and denormal numbers make CPU matmuls ~100× slower. e^floor is chosen so that a product of
+two kernel entries and 1/n² is still a normal float; the mass it adds is < n·e^floor ≈ 1e-13 of a row at
+n = 1,024 in float32, far below rounding. Row sums come from a trailing column of the first
+right-hand side (`normalise`).
 
 Padding without sentinels: the valid tokens of a batch item take ranks 0 .. n_valid − 1. The kernel
 is not masked; instead every right-hand side has zero rows at padded tokens and its trailing "ones"
@@ -57,10 +56,8 @@ class SoftSortKernel:
 
     def __init__(self, values: Tensor, valid_tokens: Tensor | None, ranks: Tensor | None,
                  sort_temperature: float, floor: float, build: bool = True, buffer: Tensor | None = None):
-        self.sort_temperature = sort_temperature
-        valid = None if valid_tokens is None else valid_tokens[:, None, None, :]  # (B, 1, 1, n)
-        self.values = _centre(values, valid)  # (B, H, c, n)
-        key = self.values if valid is None else self.values.masked_fill(~valid, -math.inf)
+        self.sort_temperature, self.values = sort_temperature, values
+        key = values if valid_tokens is None else values.masked_fill(~valid_tokens[:, None, None, :], -math.inf)
         ranked, self.order = key.sort(dim=-1, descending=True)  # (B, H, c, n) a_r and the token of rank r
         self.rank_mask = None if ranks is None else ranks[:, None, None, :]  # (B, 1, 1, n)
         self.ranked = ranked if ranks is None else ranked.masked_fill(~self.rank_mask, 0.0)
@@ -69,15 +66,14 @@ class SoftSortKernel:
         self.inv_norm: Tensor | None = None  # (B, H, c, n), set by `normalise`
 
     def _build(self, floor: float, buffer: Tensor | None) -> Tensor:
-        a, s, t = self.ranked, self.values, self.sort_temperature
-        left = torch.stack([a, a.square(), torch.ones_like(a)], dim=-1)  # (B, H, c, n, 3)
-        right = torch.stack([2.0 * s / t, torch.full_like(s, -1.0 / t), -s.square() / t], dim=-2)  # (.., 3, n)
-        shape = a.shape + a.shape[-1:]
-        left, right = left.reshape(-1, shape[-1], 3), right.reshape(-1, 3, shape[-1])
-        if left.requires_grad or right.requires_grad:  # the dense (autograd) path
-            return torch.bmm(left, right).clamp(min=floor).exp().view(shape)
-        out = None if buffer is None else buffer[:shape.numel()].view(-1, *shape[-2:])
-        return torch.bmm(left, right, out=out).clamp_(min=floor).exp_().view(shape)
+        scale = self.sort_temperature ** -0.5
+        a, s = self.ranked[..., :, None] * scale, self.values[..., None, :] * scale  # (.., n, 1), (.., 1, n)
+        if a.requires_grad or s.requires_grad:  # the dense (autograd) path
+            return (-(a - s).square()).clamp(min=floor).exp()
+        shape = a.shape[:-1] + s.shape[-1:]
+        logits = torch.sub(a, s, out=None if buffer is None else buffer[:math.prod(shape)].view(shape))
+        torch.addcmul(logits.new_zeros(()), logits, logits, value=-1.0, out=logits)  # −(a − s)²/t
+        return logits.clamp_(min=floor).exp_()
 
     # -- products with P = diag(inv_norm) E --------------------------------------------------------
     def _matmul(self, rhs: Tensor, transpose: bool = False) -> Tensor:
@@ -107,38 +103,45 @@ class SoftSortKernel:
         return self.kernel * self.inv_norm[..., None] * self.ones.transpose(-1, -2)
 
     # -- backward ---------------------------------------------------------------------------------
-    def jacobian_rhs(self, upstream_right: Tensor) -> Tensor:
-        """[Z, s⊙Z, s, valid] for an upstream gradient P̄ = L Zᵀ: the right-hand side `value_gradients` needs."""
-        s = self.values[..., None]  # (B, H, c, n, 1)
-        z = _per_slice(upstream_right).expand(*s.shape[:-1], upstream_right.shape[-1])
-        return torch.cat([z, s * z, s, self.ones.expand_as(s)], dim=-1)
+    def jacobian_products(self, upstream_right: Tensor, skip: int = 0) -> tuple[Tensor, Tensor, Tensor]:
+        """(P Z, P (s⊙Z), P s) for an upstream gradient P̄ = L Zᵀ, from one matmul with [Z, s⊙Z, s, valid].
 
-    def value_gradients(self, upstream_left: Tensor, upstream_right: Tensor, applied: Tensor,
-                        full_rank: dict[str, Tensor] | None = None) -> tuple[Tensor, Tensor]:
+        upstream_right Z: (B, H, n, p) by token. The first `skip` columns of P Z are not computed (the
+        caller knows them from the forward pass); P Z is returned without them. Sets inv_norm.
+        """
+        s = self.values[..., None]  # (B, H, c, n, 1)
+        z = _per_slice(upstream_right)
+        rhs = torch.cat([z[..., skip:].expand(*s.shape[:-1], -1), s * z, s, self.ones.expand_as(s)], dim=-1)
+        product = self.normalise(rhs)
+        p, kept = z.shape[-1], z.shape[-1] - skip
+        return product[..., :kept], product[..., kept:kept + p], product[..., -1]
+
+    def value_gradients(self, upstream_left: Tensor, upstream_right: Tensor,
+                        products: tuple[Tensor, Tensor, Tensor], full_rank: dict[str, Tensor] | None = None
+                        ) -> tuple[Tensor, Tensor]:
         """Gradient w.r.t. the slice values of Σ_ri P̄[r, i] P[r, i] for P̄ = L Zᵀ (+ a full-rank part F).
 
-        upstream_left L (B, H, c, n, p) by rank; upstream_right Z (B, H, [c,] n, p) by token;
-        applied = E @ [Z, s⊙Z, s] (B, H, c, n, 2p + 1), i.e. `normalise(jacobian_rhs(Z), scaled=False)`;
-        full_rank: for F, the n-vectors rho = rowsum(P⊙F), by_values = (P⊙F) s, t_ranked = (P⊙F)ᵀ a,
-        t_ones = (P⊙F)ᵀ 1. Returns (gradient by token (B, H, c, n), Pᵀ L (B, H, c, n, p)).
+        upstream_left L (B, H, c, n, p) by rank; upstream_right Z (B, H, n, p) by token; products: the
+        (P Z, P (s⊙Z), P s) of `jacobian_products`; full_rank: for F, the n-vectors rho = rowsum(P⊙F),
+        by_values = (P⊙F) s, t_ranked = (P⊙F)ᵀ a, t_ones = (P⊙F)ᵀ 1. Returns (gradient by token
+        (B, H, c, n), Pᵀ L (B, H, c, n, p)).
 
         With Λ = P ⊙ (P̄ − ρ), ρ_r = Σ_i P[r, i] P̄[r, i] (softmax backward) and ∂logit/∂s_i = 2(a_r − s_i)/t:
         ∂s_i = (2/t) Σ_r Λ[r, i] (a_r − s_i), and ∂a_r = (2/t) Σ_i Λ[r, i] s_i (rows of Λ sum to zero),
-        which reaches token order[r]. Every sum is a column of one matmul with E or Eᵀ.
+        which reaches token order[r]. Every sum is a column of one matmul with P or Pᵀ.
         """
+        pz, psz, ps = products
         p, upstream_right = upstream_left.shape[-1], _per_slice(upstream_right)
-        both = torch.einsum("...rp,...rkp->...rk", upstream_left, applied[..., :2 * p].unflatten(-1, (2, p)))
-        rho = both[..., 0] * self.inv_norm  # (B, H, c, n)
-        grad_ranked = (both[..., 1] - rho * applied[..., 2 * p]) * self.inv_norm  # Σ_i P Ā s_i − ρ (Ps)
+        rho = _rowdot(upstream_left, pz)  # (B, H, c, n)
+        grad_ranked = _rowdot(upstream_left, psz) - rho * ps  # Σ_i P Ā s_i − ρ (Ps), low-rank part
         if full_rank is not None:
             rho = rho + full_rank["rho"]
-            grad_ranked = grad_ranked + full_rank["by_values"] - full_rank["rho"] * applied[..., 2 * p] * self.inv_norm
+            grad_ranked = grad_ranked + full_rank["by_values"] - full_rank["rho"] * ps
         a, rho_col = self.ranked[..., None], rho[..., None]  # (B, H, c, n, 1)
         sums = self.apply_t(torch.cat([a * upstream_left, upstream_left, rho_col * a, rho_col], dim=-1))
         pt_l = sums[..., p:2 * p]  # Pᵀ L   (B, H, c, n, p)
-        by_z = torch.einsum("...ip,...ikp->...ik", upstream_right.expand_as(pt_l), sums[..., :2 * p].unflatten(-1, (2, p)))
-        lambda_a = by_z[..., 0] - sums[..., 2 * p]  # Σ_r Λ[r, i] a_r
-        lambda_1 = by_z[..., 1] - sums[..., 2 * p + 1]  # Σ_r Λ[r, i]
+        lambda_a = _rowdot(upstream_right, sums[..., :p]) - sums[..., 2 * p]  # Σ_r Λ[r, i] a_r
+        lambda_1 = _rowdot(upstream_right, pt_l) - sums[..., 2 * p + 1]  # Σ_r Λ[r, i]
         if full_rank is not None:
             lambda_a = lambda_a + full_rank["t_ranked"]
             lambda_1 = lambda_1 + full_rank["t_ones"]
@@ -146,12 +149,9 @@ class SoftSortKernel:
         return grad * (2.0 / self.sort_temperature), pt_l
 
 
-def _centre(values: Tensor, valid: Tensor | None) -> Tensor:
-    """Subtract each slice's mean over valid tokens (padded values stay zero)."""
-    if valid is None:
-        return values - values.mean(-1, keepdim=True)
-    count = valid.sum(-1, keepdim=True).clamp(min=1)  # (B, 1, 1, 1)
-    return (values - values.sum(-1, keepdim=True) / count).masked_fill(~valid, 0.0)
+def _rowdot(x: Tensor, y: Tensor) -> Tensor:
+    """Σ_p x[..., p] y[..., p] without a temporary of x's size; x may broadcast over y's slice axis."""
+    return torch.einsum("...p,...p->...", x.expand_as(y), y)
 
 
 def _per_slice(x: Tensor) -> Tensor:
