@@ -75,6 +75,15 @@ class SoftSortKernel:
         torch.addcmul(logits.new_zeros(()), logits, logits, value=-1.0, out=logits)  # −(a − s)²/t
         return logits.clamp_(min=floor).exp_()
 
+    def by_rank(self, x: Tensor) -> Tensor:
+        """x (B, H, n, p) by token -> (B, H, c, n, p) by rank: row r is x[order[r]] (the exact permutation)."""
+        c, p = self.order.shape[2], x.shape[-1]
+        return x[:, :, None].expand(-1, -1, c, -1, -1).gather(3, self.order[..., None].expand(-1, -1, -1, -1, p))
+
+    def by_token(self, x: Tensor) -> Tensor:
+        """Inverse of `by_rank`: x (B, H, c, n, p) by rank -> by token."""
+        return torch.zeros_like(x).scatter(3, self.order[..., None].expand_as(x), x)
+
     # -- products with P = diag(inv_norm) E --------------------------------------------------------
     def _matmul(self, rhs: Tensor, transpose: bool = False) -> Tensor:
         """E @ rhs (or Eᵀ @ rhs); rhs (B, H, n, p) shared by the slices or (B, H, c, n, p) per slice."""
@@ -103,18 +112,23 @@ class SoftSortKernel:
         return self.kernel * self.inv_norm[..., None] * self.ones.transpose(-1, -2)
 
     # -- backward ---------------------------------------------------------------------------------
-    def jacobian_products(self, upstream_right: Tensor, skip: int = 0) -> tuple[Tensor, Tensor, Tensor]:
-        """(P Z, P (s⊙Z), P s) for an upstream gradient P̄ = L Zᵀ, from one matmul with [Z, s⊙Z, s, valid].
+    def jacobian_products(self, upstream_right: Tensor, known: Tensor | None = None
+                          ) -> tuple[Tensor, Tensor, Tensor]:
+        """(P Z, P (s⊙Z), P s) for an upstream gradient P̄ = L Zᵀ, from one matmul with [Z, s⊙Z, s].
 
-        upstream_right Z: (B, H, n, p) by token. The first `skip` columns of P Z are not computed (the
-        caller knows them from the forward pass); P Z is returned without them. Sets inv_norm.
+        upstream_right Z: (B, H, n, p) by token. `known`: the first columns of P Z, kept from the forward
+        pass and not recomputed. Uses inv_norm if set (kept from forward), else appends the valid column.
         """
         s = self.values[..., None]  # (B, H, c, n, 1)
         z = _per_slice(upstream_right)
-        rhs = torch.cat([z[..., skip:].expand(*s.shape[:-1], -1), s * z, s, self.ones.expand_as(s)], dim=-1)
-        product = self.normalise(rhs)
-        p, kept = z.shape[-1], z.shape[-1] - skip
-        return product[..., :kept], product[..., kept:kept + p], product[..., -1]
+        p, skip = z.shape[-1], 0 if known is None else known.shape[-1]
+        columns = [z[..., skip:].expand(*s.shape[:-1], -1), s * z, s]
+        if self.inv_norm is None:
+            product = self.normalise(torch.cat([*columns, self.ones.expand_as(s)], dim=-1))
+        else:
+            product = self._matmul(torch.cat(columns, dim=-1)) * self.inv_norm[..., None]
+        pz = product[..., :p - skip] if known is None else torch.cat([known, product[..., :p - skip]], dim=-1)
+        return pz, product[..., p - skip:2 * p - skip], product[..., -1]
 
     def value_gradients(self, upstream_left: Tensor, upstream_right: Tensor,
                         products: tuple[Tensor, Tensor, Tensor], full_rank: dict[str, Tensor] | None = None
