@@ -23,7 +23,7 @@ from torch import Tensor
 from . import esp_euclidean as euclid
 from .soft_sort import SoftSortKernel, negligible_log, valid_column, valid_ranks
 
-KERNEL_BUDGET = 1 << 23  # kernel entries per chunk and per side when slice_chunk is None (32 MB in float32)
+KERNEL_BUDGET = 1 << 20  # kernel entries per chunk and per side when slice_chunk is None (4 MB in float32)
 
 
 @dataclass(frozen=True)
@@ -110,16 +110,17 @@ class EspFunction(torch.autograd.Function):
         scratch = q.new_empty(context.buffer_size) if euclidean and soft else None
         grads = [torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)]
         for chunk, sort_q, sort_k in context.chunks(q, k):
-            g = grad_costs[..., chunk]  # (B, H, c)
-            if soft:  # forward's row normalisers and products: no ones column, fewer columns recomputed
+            w, g = weights[..., chunk], grad_costs[..., chunk]  # (B, H, c)
+            if soft:  # forward's row normalisers and thin products: no ones column, fewer columns recomputed
                 sort_q.inv_norm, sort_k.inv_norm = inv_norms[:, :, :, chunk]
-            products_q = sort_q.jacobian_products(right_q, None if query_side is None else query_side[:, :, chunk])
-            products_k = sort_k.jacobian_products(right_k, None if key_side is None else key_side[:, :, chunk])
-            if soft:
-                a_right, b_right = products_q[0], products_k[0]  # A Z and B Z'
+                b_right = key_side[:, :, chunk]  # B Z_B
             else:  # forward values from the permutations, the Jacobian from the soft kernels
-                a_right, b_right = sort_q.by_rank(right_q), sort_k.by_rank(right_k)
-            left_q, left_k = context.lefts(a_right, b_right, weights[..., chunk], g)
+                b_right = sort_k.by_rank(right_k)
+            left_q = context.left_q(b_right, w, g)
+            products_q = sort_q.backward_products(left_q, right_q, None if query_side is None else query_side[:, :, chunk])
+            a_right = products_q[0] if soft else sort_q.by_rank(right_q)  # A Z_A
+            left_k = context.left_k(a_right, w, g)
+            products_k = sort_k.backward_products(left_k, right_k, b_right if soft else None)
             full_q = full_k = None
             if euclidean and soft:
                 full_q = euclid.query_full_rank(sort_q, sort_k, distance, g, grad_distance, scratch, context.lift)
@@ -127,12 +128,12 @@ class EspFunction(torch.autograd.Function):
             elif euclidean:
                 full_q, full_k = euclid.hard_full_rank(sort_q, sort_k, distance, g)
                 euclid.hard_distance_backward(q, k, sort_q, sort_k, g, grads[0], grads[1])
-            values_q, transposed_q = sort_q.value_gradients(left_q, right_q, products_q, full_q)
-            values_k, transposed_k = sort_k.value_gradients(left_k, right_k, products_k, full_k)
-            if settings.hard:  # the direct terms go through the permutations: Aᵀ L and Bᵀ L are scatters
+            grads[0][..., chunk] += sort_q.value_gradients(left_q, right_q, products_q, full_q).transpose(-1, -2)
+            grads[1][..., chunk] += sort_k.value_gradients(left_k, right_k, products_k, full_k).transpose(-1, -2)
+            if soft:  # Σ_l Aᵀ L_A and Σ_l Bᵀ L_B
+                transposed_q, transposed_k = products_q[4], products_k[4]
+            else:  # the direct terms go through the permutations: Aᵀ L and Bᵀ L are scatters
                 transposed_q, transposed_k = sort_q.by_token(left_q), sort_k.by_token(left_k)
-            grads[0][..., chunk] += values_q.transpose(-1, -2)
-            grads[1][..., chunk] += values_k.transpose(-1, -2)
             context.add_direct_gradients(grads, q, k, transposed_q.sum(2), transposed_k.sum(2))
         grad_q, grad_k, grad_v = grads
         if grad_distance is not None:  # C_ij = ‖q_i − k_j‖: ∂C_ij/∂q_i = (q_i − k_j)/C_ij
@@ -180,21 +181,28 @@ class _Context:
         squares = (q.square().sum(-1, keepdim=True), k.square().sum(-1, keepdim=True))
         return torch.cat([q, squares[0], *tail], dim=-1), torch.cat([v, k, squares[1]], dim=-1)
 
-    def lefts(self, a_right: Tensor, b_right: Tensor, weights: Tensor, grad_costs: Tensor) -> tuple[Tensor, Tensor]:
-        """L_A, L_B (B, H, c, n, ·) by rank, matching `rights`, from A Z_A and B Z_B (forward values).
-
-        P̄_A = w Y Ōᵀ + ḡ (1 |q|²ᵀ − 2 BK Qᵀ) and P̄_B = w AŌ Vᵀ + ḡ (1 |k|²ᵀ − 2 AQ Kᵀ), Y = B V."""
+    def left_q(self, b_right: Tensor, weights: Tensor, grad_costs: Tensor) -> Tensor:
+        """L_A (B, H, c, n, ·) by rank, matching Z_A of `rights`, from B Z_B (forward values):
+        P̄_A = w Y Ōᵀ + ḡ (1 |q|²ᵀ − 2 BK Qᵀ), Y = B V."""
         d, dv = self.d, self.dv
         w, g = weights[..., None, None], grad_costs[..., None, None]  # (B, H, c, 1, 1)
         if self.euclidean:
-            left_q, left_k = w * b_right, w * a_right
-        else:
-            ones = torch.ones_like(a_right[..., :1]) * g
-            left_q = torch.cat([-2.0 * g * b_right[..., dv:dv + d], ones, w * b_right[..., :dv]], dim=-1)
-            left_k = torch.cat([w * a_right[..., d + 1:], -2.0 * g * a_right[..., :d], ones], dim=-1)
-        if self.rank_mask is not None:  # padded ranks carry nothing
-            left_q, left_k = left_q * self.rank_mask, left_k * self.rank_mask
-        return left_q, left_k
+            return self._mask(w * b_right)
+        ones = torch.ones_like(b_right[..., :1]) * g
+        return self._mask(torch.cat([-2.0 * g * b_right[..., dv:dv + d], ones, w * b_right[..., :dv]], dim=-1))
+
+    def left_k(self, a_right: Tensor, weights: Tensor, grad_costs: Tensor) -> Tensor:
+        """L_B (B, H, c, n, ·) by rank, matching Z_B, from A Z_A: P̄_B = w AŌ Vᵀ + ḡ (1 |k|²ᵀ − 2 AQ Kᵀ)."""
+        d = self.d
+        w, g = weights[..., None, None], grad_costs[..., None, None]
+        if self.euclidean:
+            return self._mask(w * a_right)
+        ones = torch.ones_like(a_right[..., :1]) * g
+        return self._mask(torch.cat([w * a_right[..., d + 1:], -2.0 * g * a_right[..., :d], ones], dim=-1))
+
+    def _mask(self, left: Tensor) -> Tensor:
+        """Padded ranks carry nothing."""
+        return left if self.rank_mask is None else left * self.rank_mask
 
     def add_direct_gradients(self, grads: list[Tensor], q: Tensor, k: Tensor, transposed_q: Tensor,
                              transposed_k: Tensor) -> None:

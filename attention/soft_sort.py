@@ -56,8 +56,9 @@ class SoftSortKernel:
 
     def __init__(self, values: Tensor, valid_tokens: Tensor | None, ranks: Tensor | None,
                  sort_temperature: float, floor: float, build: bool = True, buffer: Tensor | None = None):
-        self.sort_temperature, self.values = sort_temperature, values
-        key = values if valid_tokens is None else values.masked_fill(~valid_tokens[:, None, None, :], -math.inf)
+        self.sort_temperature, self.values = sort_temperature, values.contiguous()
+        key = self.values if valid_tokens is None else self.values.masked_fill(~valid_tokens[:, None, None, :],
+                                                                              -math.inf)
         ranked, self.order = key.sort(dim=-1, descending=True)  # (B, H, c, n) a_r and the token of rank r
         self.rank_mask = None if ranks is None else ranks[:, None, None, :]  # (B, 1, 1, n)
         self.ranked = ranked if ranks is None else ranked.masked_fill(~self.rank_mask, 0.0)
@@ -85,13 +86,15 @@ class SoftSortKernel:
         return torch.zeros_like(x).scatter(3, self.order[..., None].expand_as(x), x)
 
     # -- products with P = diag(inv_norm) E --------------------------------------------------------
-    def _matmul(self, rhs: Tensor, transpose: bool = False) -> Tensor:
-        """E @ rhs (or Eᵀ @ rhs); rhs (B, H, n, p) shared by the slices or (B, H, c, n, p) per slice."""
-        kernel = self.kernel.transpose(-1, -2) if transpose else self.kernel
-        b, h, c, n, _ = kernel.shape
+    # E[r, i] = K[order[r], i] for the symmetric kernel K[j, i] = exp(−(s_j − s_i)²/t), so
+    # Eᵀ X = by_token(E by_token(X)): transposed products are plain ones on permuted thin matrices,
+    # and can share one matmul (one read of the kernel) with the plain ones.
+    def _matmul(self, rhs: Tensor) -> Tensor:
+        """E @ rhs; rhs (B, H, n, p) shared by the slices or (B, H, c, n, p) per slice."""
+        b, h, c, n, _ = self.kernel.shape
         if rhs.dim() == 4:  # one right-hand side for all c slices: stack the slices' rows
-            return torch.bmm(kernel.reshape(b * h, c * n, n), rhs.reshape(b * h, n, -1)).view(b, h, c, n, -1)
-        return torch.bmm(kernel.reshape(b * h * c, n, n), rhs.reshape(b * h * c, n, -1)).view(b, h, c, n, -1)
+            return torch.bmm(self.kernel.reshape(b * h, c * n, n), rhs.reshape(b * h, n, -1)).view(b, h, c, n, -1)
+        return torch.bmm(self.kernel.reshape(b * h * c, n, n), rhs.reshape(b * h * c, n, -1)).view(b, h, c, n, -1)
 
     def normalise(self, rhs_with_ones: Tensor, scaled: bool = True) -> Tensor:
         """P @ X for rhs_with_ones = [X, valid_column], whose last column gives the row sums.
@@ -105,62 +108,67 @@ class SoftSortKernel:
 
     def apply_t(self, rhs: Tensor) -> Tensor:
         """Pᵀ @ rhs for rhs (B, H, c, n, p) indexed by rank: (B, H, c, n, p) indexed by token."""
-        return self._matmul(rhs * self.inv_norm[..., None], transpose=True)
+        return self.by_token(self._matmul(self.by_token(rhs * self.inv_norm[..., None])))
+
+    def apply_t_thin(self, rhs: Tensor) -> Tensor:
+        """`apply_t` for two columns, as (2, n) row blocks times Eᵀ (the fast orientation): (B, H, c, n, 2)."""
+        b, h, c, n, _ = self.kernel.shape
+        rows = self.by_token(rhs * self.inv_norm[..., None]).transpose(-1, -2).reshape(-1, 2, n)
+        product = torch.bmm(rows, self.kernel.reshape(-1, n, n).transpose(1, 2))  # (B·H·c, 2, n) by rank
+        return self.by_token(product.view(b, h, c, 2, n).transpose(-1, -2))
 
     def normalised(self) -> Tensor:
         """P itself with zero columns at padded tokens, (B, H, c, n, n): for the dense path only."""
         return self.kernel * self.inv_norm[..., None] * self.ones.transpose(-1, -2)
 
     # -- backward ---------------------------------------------------------------------------------
-    def jacobian_products(self, upstream_right: Tensor, known: Tensor | None = None
-                          ) -> tuple[Tensor, Tensor, Tensor]:
-        """(P Z, P (s⊙Z), P s) for an upstream gradient P̄ = L Zᵀ, from one matmul with [Z, s⊙Z, s].
+    def backward_products(self, upstream_left: Tensor, upstream_right: Tensor, known: Tensor | None = None
+                          ) -> tuple[Tensor, ...]:
+        """The products the SoftSort backward of P̄ = L Zᵀ needs, from one matmul with the kernel.
 
-        upstream_right Z: (B, H, n, p) by token. `known`: the first columns of P Z, kept from the forward
-        pass and not recomputed. Uses inv_norm if set (kept from forward), else appends the valid column.
+        upstream_left L (B, H, c, n, p) by rank; upstream_right Z (B, H, n, p) by token; `known`: the first
+        columns of P Z, kept from the forward pass. Returns P Z, P (s⊙Z), P s (by rank) and Pᵀ(a⊙L), Pᵀ L
+        (by token). Uses inv_norm if set (kept from forward), else gets it from a valid column.
         """
-        s = self.values[..., None]  # (B, H, c, n, 1)
+        s, a = self.values[..., None], self.ranked[..., None]  # (B, H, c, n, 1)
         z = _per_slice(upstream_right)
         p, skip = z.shape[-1], 0 if known is None else known.shape[-1]
         columns = [z[..., skip:].expand(*s.shape[:-1], -1), s * z, s]
-        if self.inv_norm is None:
-            product = self.normalise(torch.cat([*columns, self.ones.expand_as(s)], dim=-1))
-        else:
-            product = self._matmul(torch.cat(columns, dim=-1)) * self.inv_norm[..., None]
-        pz = product[..., :p - skip] if known is None else torch.cat([known, product[..., :p - skip]], dim=-1)
-        return pz, product[..., p - skip:2 * p - skip], product[..., -1]
+        if self.inv_norm is None:  # hard sorts: no forward kernel, so no row sums yet
+            self.normalise(torch.cat([s, self.ones.expand_as(s)], dim=-1))
+        transposed = self.by_token(torch.cat([a * upstream_left, upstream_left], dim=-1) * self.inv_norm[..., None])
+        product = self._matmul(torch.cat([*columns, transposed], dim=-1))
+        plain = product[..., :2 * p - skip + 1] * self.inv_norm[..., None]
+        pz = plain[..., :p - skip] if known is None else torch.cat([known, plain[..., :p - skip]], dim=-1)
+        transposed = self.by_token(product[..., 2 * p - skip + 1:])
+        return pz, plain[..., p - skip:2 * p - skip], plain[..., -1], transposed[..., :p], transposed[..., p:]
 
-    def value_gradients(self, upstream_left: Tensor, upstream_right: Tensor,
-                        products: tuple[Tensor, Tensor, Tensor], full_rank: dict[str, Tensor] | None = None
-                        ) -> tuple[Tensor, Tensor]:
-        """Gradient w.r.t. the slice values of Σ_ri P̄[r, i] P[r, i] for P̄ = L Zᵀ (+ a full-rank part F).
+    def value_gradients(self, upstream_left: Tensor, upstream_right: Tensor, products: tuple[Tensor, ...],
+                        full_rank: dict[str, Tensor] | None = None) -> Tensor:
+        """Gradient w.r.t. the slice values (B, H, c, n), by token, of Σ_ri P̄[r, i] P[r, i], P̄ = L Zᵀ (+ F).
 
-        upstream_left L (B, H, c, n, p) by rank; upstream_right Z (B, H, n, p) by token; products: the
-        (P Z, P (s⊙Z), P s) of `jacobian_products`; full_rank: for F, the n-vectors rho = rowsum(P⊙F),
-        by_values = (P⊙F) s, t_ranked = (P⊙F)ᵀ a, t_ones = (P⊙F)ᵀ 1. Returns (gradient by token
-        (B, H, c, n), Pᵀ L (B, H, c, n, p)).
+        products: from `backward_products`; full_rank: for a full-rank part F of P̄, the n-vectors
+        rho = rowsum(P⊙F), by_values = (P⊙F) s, t_ranked = (P⊙F)ᵀ a, t_ones = (P⊙F)ᵀ 1.
 
         With Λ = P ⊙ (P̄ − ρ), ρ_r = Σ_i P[r, i] P̄[r, i] (softmax backward) and ∂logit/∂s_i = 2(a_r − s_i)/t:
         ∂s_i = (2/t) Σ_r Λ[r, i] (a_r − s_i), and ∂a_r = (2/t) Σ_i Λ[r, i] s_i (rows of Λ sum to zero),
-        which reaches token order[r]. Every sum is a column of one matmul with P or Pᵀ.
+        which reaches token order[r].
         """
-        pz, psz, ps = products
-        p, upstream_right = upstream_left.shape[-1], _per_slice(upstream_right)
+        pz, psz, ps, pt_al, pt_l = products
+        upstream_right = _per_slice(upstream_right)
         rho = _rowdot(upstream_left, pz)  # (B, H, c, n)
         grad_ranked = _rowdot(upstream_left, psz) - rho * ps  # Σ_i P Ā s_i − ρ (Ps), low-rank part
         if full_rank is not None:
             rho = rho + full_rank["rho"]
             grad_ranked = grad_ranked + full_rank["by_values"] - full_rank["rho"] * ps
-        a, rho_col = self.ranked[..., None], rho[..., None]  # (B, H, c, n, 1)
-        sums = self.apply_t(torch.cat([a * upstream_left, upstream_left, rho_col * a, rho_col], dim=-1))
-        pt_l = sums[..., p:2 * p]  # Pᵀ L   (B, H, c, n, p)
-        lambda_a = _rowdot(upstream_right, sums[..., :p]) - sums[..., 2 * p]  # Σ_r Λ[r, i] a_r
-        lambda_1 = _rowdot(upstream_right, pt_l) - sums[..., 2 * p + 1]  # Σ_r Λ[r, i]
+        rho_terms = self.apply_t_thin(torch.stack([rho * self.ranked, rho], dim=-1))  # Pᵀ(ρ a), Pᵀ ρ
+        lambda_a = _rowdot(upstream_right, pt_al) - rho_terms[..., 0]  # Σ_r Λ[r, i] a_r
+        lambda_1 = _rowdot(upstream_right, pt_l) - rho_terms[..., 1]  # Σ_r Λ[r, i]
         if full_rank is not None:
             lambda_a = lambda_a + full_rank["t_ranked"]
             lambda_1 = lambda_1 + full_rank["t_ones"]
         grad = (lambda_a - self.values * lambda_1).scatter_add(-1, self.order, grad_ranked)
-        return grad * (2.0 / self.sort_temperature), pt_l
+        return grad * (2.0 / self.sort_temperature)
 
 
 def _rowdot(x: Tensor, y: Tensor) -> Tensor:
