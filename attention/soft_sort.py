@@ -65,6 +65,7 @@ class SoftSortKernel:
         self.ones = valid_column(valid_tokens, values)[:, :, None]  # (B, 1|H, 1, n, 1), 1 at valid tokens
         self.kernel = self._build(floor, buffer) if build else None  # (B, H, c, n, n) E[r, i]
         self.inv_norm: Tensor | None = None  # (B, H, c, n), set by `normalise`
+        self._token_rows: Tensor | None = None  # flat row index of `by_token`, made on first use
 
     def _build(self, floor: float, buffer: Tensor | None) -> Tensor:
         scale = self.sort_temperature ** -0.5
@@ -78,12 +79,18 @@ class SoftSortKernel:
 
     def by_rank(self, x: Tensor) -> Tensor:
         """x (B, H, n, p) by token -> (B, H, c, n, p) by rank: row r is x[order[r]] (the exact permutation)."""
-        c, p = self.order.shape[2], x.shape[-1]
-        return x[:, :, None].expand(-1, -1, c, -1, -1).gather(3, self.order[..., None].expand(-1, -1, -1, -1, p))
+        b, h, c, n = self.order.shape
+        rows = (torch.arange(b * h, device=x.device).view(b, h, 1, 1) * n + self.order).reshape(-1)
+        return x.reshape(b * h * n, -1).index_select(0, rows).view(b, h, c, n, -1)
 
     def by_token(self, x: Tensor) -> Tensor:
-        """Inverse of `by_rank`: x (B, H, c, n, p) by rank -> by token."""
-        return torch.zeros_like(x).scatter(3, self.order[..., None].expand_as(x), x)
+        """Inverse of `by_rank`: x (B, H, c, n, p) by rank -> by token (row i is x[rank of token i])."""
+        b, h, c, n = self.order.shape
+        if self._token_rows is None:
+            rank_of = torch.empty_like(self.order).scatter_(-1, self.order, torch.arange(n, device=x.device)
+                                                            .expand_as(self.order))
+            self._token_rows = (torch.arange(b * h * c, device=x.device).view(b, h, c, 1) * n + rank_of).reshape(-1)
+        return x.reshape(b * h * c * n, -1).index_select(0, self._token_rows).view(x.shape)
 
     # -- products with P = diag(inv_norm) E --------------------------------------------------------
     # E[r, i] = K[order[r], i] for the symmetric kernel K[j, i] = exp(−(s_j − s_i)²/t), so
