@@ -72,7 +72,20 @@ class EspAttention(AttentionCore):
 
     def _attention_matrix(self, q, k, key_padding_mask, query_padding_mask, causal) -> Tensor:
         q, k, valid = self._prepare(q, k, key_padding_mask)
-        return dense_esp_plan(q, k, valid, self.settings)
+        plans, weights = dense_slice_plans(q, k, valid, self.settings)
+        plan = torch.einsum("bhl,bhlij->bhij", weights, plans)
+        if self.settings.scale_by_n:
+            counts = float(q.shape[2]) if valid is None else valid.sum(-1).to(plan.dtype)[:, None, None, None]
+            plan = plan * counts
+        return plan
+
+    @torch.no_grad()
+    def slice_weights(self, q: Tensor, k: Tensor, key_padding_mask: Tensor | None = None) -> Tensor:
+        """The Gibbs weights softmax(−τ D) over the slices (B, H, d): which coordinate axes a head uses."""
+        if q.shape[2] != k.shape[2]:
+            raise ValueError("attention 'esp' does not support cross-attention (Nq != Nk)")
+        q, k, valid = self._prepare(q.double(), k.double(), key_padding_mask)
+        return dense_slice_plans(q, k, valid, self.settings)[1].to(q.dtype)
 
     def extra_repr(self) -> str:
         s = self.settings
@@ -80,8 +93,11 @@ class EspAttention(AttentionCore):
                 f"inv_temperature={s.inv_temperature}, cost={s.cost}, hard={s.hard}, scale_by_n={s.scale_by_n}")
 
 
-def dense_esp_plan(q: Tensor, k: Tensor, valid: Tensor | None, settings: EspSettings) -> Tensor:
-    """G (B, H, N, N) materialised, every slice at once: q, k (B, H, N, d) scaled, padded tokens zeroed."""
+def dense_slice_plans(q: Tensor, k: Tensor, valid: Tensor | None, settings: EspSettings) -> tuple[Tensor, Tensor]:
+    """Every slice plan U_l (B, H, d, N, N) materialised, and the slice weights (B, H, d).
+
+    q, k (B, H, N, d) scaled, padded tokens zeroed; valid (B, N) True = real token, or None.
+    """
     b, h, n, d = q.shape
     ranks = valid_ranks(valid, n)
     floor = negligible_log(q.dtype, n)
@@ -100,9 +116,4 @@ def dense_esp_plan(q: Tensor, k: Tensor, valid: Tensor | None, settings: EspSett
     distance = torch.cdist(q, k)
     cost = distance if settings.cost == "euclidean" else distance.square()
     slice_costs = (plans * cost[:, :, None]).sum(dim=(-1, -2))  # (B, H, d)
-    weights = slice_weights(slice_costs, settings.inv_temperature, floor)
-    plan = torch.einsum("bhl,bhlij->bhij", weights, plans)
-    if settings.scale_by_n:
-        counts = float(n) if valid is None else valid.sum(-1).to(plan.dtype)[:, None, None, None]
-        plan = plan * counts
-    return plan
+    return plans, slice_weights(slice_costs, settings.inv_temperature, floor)

@@ -69,6 +69,7 @@ def query_full_rank(sort_q: SoftSortKernel, sort_k: SoftSortKernel, distance: Te
     if not grad_costs.any():
         return None
     b, h, c, n = sort_q.values.shape
+    scratch = scratch[:b * h * c * n * n]
     both = sort_q.inv_norm * sort_k.inv_norm  # (B, H, c, n)  α β
     # Σ_l ḡ_l A_lᵀ B_l = Σ_l E_A,lᵀ diag(ḡ_l α_l β_l) E_B,l: one matmul over the chunk's slices stacked by rows
     scaled_k = torch.mul(sort_k.kernel, (both * (grad_costs[..., None] * lift))[..., None],
