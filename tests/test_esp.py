@@ -78,9 +78,9 @@ def test_gradients_equal_autograd_of_the_direct_formulation(cost, inv_temperatur
 @pytest.mark.parametrize("cost", COSTS)
 def test_gradcheck_of_the_hand_written_backward(cost):
     """Finite differences need a smooth function: a milder sort temperature than the default 1e-3."""
-    core = make(cost=cost, sort_temperature=0.05, inv_temperature=2.0)
+    core = build_attention("esp", num_heads=1, head_dim=3, cost=cost, sort_temperature=0.05,
+                           inv_temperature=2.0).double()
     q, k, v = (t.requires_grad_() for t in tensors(5, d=3, batch=1, heads=1))
-    core.head_dim = 3
     assert torch.autograd.gradcheck(lambda a, b, c: core(a, b, c), (q, k, v), eps=1e-6, atol=1e-5)
     mask = padding(5, [4])
     assert torch.autograd.gradcheck(lambda a, b, c: core(a, b, c, key_padding_mask=mask), (q, k, v),
