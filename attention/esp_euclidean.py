@@ -1,9 +1,9 @@
-"""The Euclidean slice cost of ESP attention (ESPFormer, arXiv 2502.07962): D_l = ⟨C, A_lᵀ B_l⟩, C_ij = ‖q_i − k_j‖.
+"""The Euclidean slice cost of ESP attention (ESPFormer, arXiv 2502.07962): D_l = ⟨C, A_lᵀ B_l⟩.
 
-C is not low-rank, so D_l and its gradient cost (n × n)·(n × n) matmuls per slice: D_l = Σ_r (A C)_r · B_r
-in forward; in backward ∂L/∂A_l = ḡ_l B_l Cᵀ and ∂L/∂C = Σ_l ḡ_l A_lᵀ B_l (ḡ_l = ∂L/∂D_l), while
-∂L/∂B_l = ḡ_l A_l C is reduced in forward from the product it already has. That is three such
-matmuls per slice, the same count as differentiating the dense formulation; everything else is thin.
+C_ij = ‖q_i − k_j‖ is not low-rank, so D_l and its gradient cost (n × n)·(n × n) matmuls per slice:
+D_l = Σ_r (A C)_r · B_r in forward; in backward ∂L/∂A_l = ḡ_l B_l Cᵀ and ∂L/∂C = Σ_l ḡ_l A_lᵀ B_l
+(ḡ_l = ∂L/∂D_l), while ∂L/∂B_l = ḡ_l A_l C is reduced in forward from the product it already has. That is
+three such matmuls per slice, the count of differentiating the dense formulation; everything else is thin.
 
 The full-rank upstream gradients only enter the SoftSort backward through four n-vectors of
 M = P ⊙ F (`reduce_full_rank`), so no (n, n) gradient is ever kept.
@@ -71,7 +71,7 @@ def query_full_rank(sort_q: SoftSortKernel, sort_k: SoftSortKernel, distance: Te
     b, h, c, n = sort_q.values.shape
     scratch = scratch[:b * h * c * n * n]
     both = sort_q.inv_norm * sort_k.inv_norm  # (B, H, c, n)  α β
-    # Σ_l ḡ_l A_lᵀ B_l = Σ_l E_A,lᵀ diag(ḡ_l α_l β_l) E_B,l: one matmul over the chunk's slices stacked by rows
+    # Σ_l ḡ_l A_lᵀ B_l = Σ_l E_A,lᵀ diag(ḡ_l α_l β_l) E_B,l: one matmul over the slices stacked by rows
     scaled_k = torch.mul(sort_k.kernel, (both * (grad_costs[..., None] * lift))[..., None],
                          out=scratch.view(b, h, c, n, n))
     grad_distance.view(b * h, n, n).baddbmm_(sort_q.kernel.view(b * h, c * n, n).transpose(1, 2),

@@ -4,8 +4,9 @@ Per head, with A_l, B_l the SoftSorts of q[:, l] and k[:, l] (`attention/soft_so
 
     out = Σ_l w_l A_lᵀ (B_l V),   w = softmax(−τ D),   D_l = ⟨C, A_lᵀ B_l⟩
 
-The plans U_l = A_lᵀ B_l are never formed. With `sqeuclidean`, D_l = Σ_r (A|q|²)_r + (B|k|²)_r − 2 (AQ)_r·(BK)_r,
-so every product is thin, O(n²d) per slice; the Euclidean cost is in `attention/esp_euclidean.py`.
+The plans U_l = A_lᵀ B_l are never formed. With `sqeuclidean`,
+D_l = Σ_r (A|q|²)_r + (B|k|²)_r − 2 (AQ)_r·(BK)_r, so every product is thin, O(n²d) per slice; the Euclidean
+cost is in `attention/esp_euclidean.py`.
 
 Memory is O(chunk·n²): forward keeps only thin per-slice results (L·n·O(d) per head: T_l = A_lᵀ B_l V, the
 key-side products, the row normalisers), and backward rebuilds the kernels chunk by chunk and
@@ -117,7 +118,8 @@ class EspFunction(torch.autograd.Function):
             else:  # forward values from the permutations, the Jacobian from the soft kernels
                 b_right = sort_k.by_rank(right_k)
             left_q = context.left_q(b_right, w, g)
-            products_q = sort_q.backward_products(left_q, right_q, None if query_side is None else query_side[:, :, chunk])
+            known_q = None if query_side is None else query_side[:, :, chunk]  # A [Q, |q|²]
+            products_q = sort_q.backward_products(left_q, right_q, known_q)
             a_right = products_q[0] if soft else sort_q.by_rank(right_q)  # A Z_A
             left_k = context.left_k(a_right, w, g)
             products_k = sort_k.backward_products(left_k, right_k, b_right if soft else None)
@@ -192,7 +194,8 @@ class _Context:
         return self._mask(torch.cat([-2.0 * g * b_right[..., dv:dv + d], ones, w * b_right[..., :dv]], dim=-1))
 
     def left_k(self, a_right: Tensor, weights: Tensor, grad_costs: Tensor) -> Tensor:
-        """L_B (B, H, c, n, ·) by rank, matching Z_B, from A Z_A: P̄_B = w AŌ Vᵀ + ḡ (1 |k|²ᵀ − 2 AQ Kᵀ)."""
+        """L_B (B, H, c, n, ·) by rank, matching Z_B, from A Z_A:
+        P̄_B = w AŌ Vᵀ + ḡ (1 |k|²ᵀ − 2 AQ Kᵀ)."""
         d = self.d
         w, g = weights[..., None, None], grad_costs[..., None, None]
         if self.euclidean:

@@ -157,9 +157,9 @@ class SoftSortKernel:
         products: from `backward_products`; full_rank: for a full-rank part F of P̄, the n-vectors
         rho = rowsum(P⊙F), by_values = (P⊙F) s, t_ranked = (P⊙F)ᵀ a, t_ones = (P⊙F)ᵀ 1.
 
-        With Λ = P ⊙ (P̄ − ρ), ρ_r = Σ_i P[r, i] P̄[r, i] (softmax backward) and ∂logit/∂s_i = 2(a_r − s_i)/t:
-        ∂s_i = (2/t) Σ_r Λ[r, i] (a_r − s_i), and ∂a_r = (2/t) Σ_i Λ[r, i] s_i (rows of Λ sum to zero),
-        which reaches token order[r].
+        With Λ = P ⊙ (P̄ − ρ), ρ_r = Σ_i P[r, i] P̄[r, i] (softmax backward) and ∂logit/∂s_i = 2(a_r − s_i)/t,
+        the gradient is ∂s_i = (2/t) Σ_r Λ[r, i] (a_r − s_i) plus ∂a_r = (2/t) Σ_i Λ[r, i] s_i (rows of Λ
+        sum to zero) at token order[r].
         """
         pz, psz, ps, pt_al, pt_l = products
         upstream_right = _per_slice(upstream_right)

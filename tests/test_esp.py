@@ -200,7 +200,8 @@ def test_scale_by_n_multiplies_by_the_number_of_valid_tokens():
     torch.testing.assert_close(scaled.attention_matrix(q, k, key_padding_mask=mask),
                                plain.attention_matrix(q, k, key_padding_mask=mask)
                                * torch.tensor([10.0, 6.0], dtype=F64)[:, None, None, None])
-    torch.testing.assert_close(scaled(q, k, v, key_padding_mask=mask)[1], 6.0 * plain(q, k, v, key_padding_mask=mask)[1])
+    torch.testing.assert_close(scaled(q, k, v, key_padding_mask=mask)[1],
+                               6.0 * plain(q, k, v, key_padding_mask=mask)[1])
 
 
 def test_bad_options_and_cross_attention_are_refused():
