@@ -24,7 +24,7 @@ from torch import Tensor
 from . import esp_euclidean as euclid
 from .soft_sort import SoftSortKernel, negligible_log, valid_column, valid_ranks
 
-KERNEL_BUDGET = 1 << 20  # kernel entries per chunk and per side when slice_chunk is None (4 MB in float32)
+KERNEL_BUDGET = 1 << 23  # kernel entries per chunk and per side when slice_chunk is None (32 MB in float32)
 
 
 @dataclass(frozen=True)
@@ -63,7 +63,7 @@ class EspFunction(torch.autograd.Function):
         query_side = q.new_empty(b, h, d, n, d + 1) if soft and not euclidean else None
         key_side = q.new_empty(b, h, d, n, right_k.shape[-1]) if soft else None
         inv_norms = q.new_empty(2, b, h, d, n) if soft else None
-        key_terms = q.new_empty(4, b, h, d, n) if soft and euclidean and any(ctx.needs_input_grad[:2]) else None
+        key_terms = q.new_empty(4, b, h, d, n) if soft and euclidean and any(ctx.needs_input_grad[:3]) else None
         for chunk, sort_q, sort_k in context.chunks(q, k, build=soft):
             if settings.hard:
                 cost, matched_v = _hard_forward(q, k, v, sort_q, sort_k, euclidean)

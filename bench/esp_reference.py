@@ -5,6 +5,10 @@ plan is materialised: soft permutations A_l, B_l as a (B, H, L, N, N) stack, U_l
 cost matrix C, D_l = <C, U_l>, w = softmax(-τ D), G = Σ_l w_l U_l. That costs O(L·N³) time and
 O(L·N²) memory: it is the yardstick `attention/esp.py` must match (same numbers) and beat (speed).
 
+Timing it on CPU: its soft-sort tensors are full of denormal floats, which make every op on them several
+times slower (~5× overall at N = 256). Call `torch.set_flush_denormal(True)` at process start (before the
+first parallel op, so that the worker threads inherit it) to time the formulation rather than that penalty.
+
 Inputs are the raw per-head queries and keys (B, H, N, L), exactly what `attention.esp` receives;
 both are scaled by L^-1/2 here, as in the reference code. `keep_mask` is bool (B, N), True = real
 token. Padded tokens take no part: each batch item is computed on its valid tokens only and the
