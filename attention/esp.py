@@ -1,4 +1,4 @@
-"""ESP attention: expected sliced transport plans (ESPFormer, Shahbazi et al., ICML 2025, arXiv 2502.07962).
+"""ESP attention: expected sliced transport plans (ESPFormer, ICML 2025, arXiv 2502.07962).
 
 Per head, the slices are the d coordinate axes of the queries and keys, both scaled by d^-1/2 (as the
 reference code does). Slice l soft-sorts the queries' and the keys' l-th coordinates (SoftSort with
@@ -15,7 +15,8 @@ tokens (no sentinel values). Cross-attention with m ≠ n is not defined by the 
 there is no causal form (a lower-triangular doubly-stochastic matrix is the identity).
 
 `forward` runs `EspFunction` (O(slice_chunk·n²) memory, hand-written backward); `attention_matrix` is
-the plain dense form beside it, differentiable by autograd, for tests and plots.
+the plain dense form beside it, differentiable by autograd, for tests and plots; `slice_weights` shows
+which coordinate axes each head uses.
 """
 from __future__ import annotations
 
