@@ -14,7 +14,7 @@ import torch
 import yaml
 
 from attention import build_attention
-from bench.esp_reference import esp_reference_attention_matrix, esp_reference_forward
+from bench.esp_reference import esp_reference_attention_matrix, esp_reference_forward, soft_sort
 from lab.registry import ConfigError
 
 COSTS = ["euclidean", "sqeuclidean"]
@@ -124,9 +124,9 @@ def test_mass_marginals_and_no_mass_across_padding():
 def test_inverse_temperature_limits():
     """τ = 0: the plain average of the slice plans; large τ: the plan of the cheapest slice."""
     q, k = tensors(9, count=2)
-    scaled_q, scaled_k = q / 2.0, k / 2.0
-    from bench.esp_reference import soft_sort
-    plans = soft_sort(scaled_q.transpose(-1, -2), 1e-3).transpose(-1, -2) @ soft_sort(scaled_k.transpose(-1, -2), 1e-3)
+    scaled_q, scaled_k = q / 2.0, k / 2.0  # d = 4
+    sorts_q, sorts_k = (soft_sort(x.transpose(-1, -2), 1e-3) for x in (scaled_q, scaled_k))  # (B, H, L, N, N)
+    plans = sorts_q.transpose(-1, -2) @ sorts_k  # U_l = A_lᵀ B_l
     costs = (plans * torch.cdist(scaled_q, scaled_k)[:, :, None]).sum((-1, -2))  # (B, H, L)
     average = make(inv_temperature=0.0).attention_matrix(q, k)
     torch.testing.assert_close(average, plans.mean(2), atol=1e-12, rtol=0)
