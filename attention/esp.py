@@ -116,5 +116,5 @@ def dense_slice_plans(q: Tensor, k: Tensor, valid: Tensor | None, settings: EspS
     plans = plans[0].transpose(-1, -2) @ plans[1]  # (B, H, d, N, N)  U_l = A_lᵀ B_l
     distance = torch.cdist(q, k)
     cost = distance if settings.cost == "euclidean" else distance.square()
-    slice_costs = (plans * cost[:, :, None]).sum(dim=(-1, -2))  # (B, H, d)
-    return plans, slice_weights(slice_costs, settings.inv_temperature, floor)
+    slice_costs = (plans * cost[:, :, None]).sum(dim=(-1, -2), dtype=torch.float64)  # (B, H, d), see slice_weights
+    return plans, slice_weights(slice_costs, settings.inv_temperature, floor).to(q.dtype)

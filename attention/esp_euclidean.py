@@ -46,7 +46,7 @@ def reduce_full_rank(weighted: Tensor, row_scale: Tensor | None, values: Tensor,
 
 def euclidean_costs(rhs_q: Tensor, sort_q: SoftSortKernel, sort_k: SoftSortKernel, key_terms: Tensor | None
                     ) -> Tensor:
-    """D_l = Σ_r (A C)_r · B_r (B, H, c) for rhs_q = [C, valid column] (B, H, n, n + 1).
+    """D_l = Σ_r (A C)_r · B_r (B, H, c), in float64, for rhs_q = [C, valid column] (B, H, n, n + 1).
 
     Sets sort_q.inv_norm. With key_terms (4, B, H, c, n), also writes the reductions of B ⊙ (A C) = ∂D/∂B ⊙ B
     that backward needs (to be multiplied by ḡ_l there). sort_k.inv_norm must be set.
@@ -54,9 +54,9 @@ def euclidean_costs(rhs_q: Tensor, sort_q: SoftSortKernel, sort_k: SoftSortKerne
     weighted = sort_q.normalise(rhs_q, scaled=False).mul_(sort_k.kernel)  # (E_A C) ⊙ E_B, (B, H, c, n, n)
     both = sort_q.inv_norm * sort_k.inv_norm  # its row scale α β, (B, H, c, n)
     if key_terms is None:
-        return (weighted.sum(-1) * both).sum(-1)
+        return (weighted.sum(-1) * both).sum(-1, dtype=torch.float64)
     key_terms.copy_(reduce_full_rank(weighted, both, sort_k.values, sort_k.ranked))
-    return key_terms[0].sum(-1)
+    return key_terms[0].sum(-1, dtype=torch.float64)
 
 
 def query_full_rank(sort_q: SoftSortKernel, sort_k: SoftSortKernel, distance: Tensor, grad_costs: Tensor,

@@ -38,7 +38,10 @@ class EspSettings:
 
 
 def slice_weights(slice_costs: Tensor, inv_temperature: float, floor: float) -> Tensor:
-    """softmax_l(−τ D) over the slices whose weight is at least e^floor; the others get exactly 0."""
+    """softmax_l(−τ D) over the slices whose weight is at least e^floor; the others get exactly 0.
+
+    Pass D in float64: D grows like n (≈ 700 at n = 512), and one float32 ulp of it moves τ D by ~1e-3.
+    """
     logits = -inv_temperature * slice_costs  # (B, H, L)
     kept = logits.softmax(-1) >= math.exp(floor)
     return logits.masked_fill(~kept, -torch.inf).softmax(-1)
@@ -56,7 +59,7 @@ class EspFunction(torch.autograd.Function):
         right_q, right_k = context.rights(q, k, v)
         rhs_q = torch.cat([euclid.pair_distances(q, k, valid_tokens) if euclidean else right_q, ones], dim=-1)
         rhs_k = torch.cat([right_k, ones], dim=-1)
-        slice_costs = q.new_empty(b, h, d)
+        slice_costs = q.new_empty(b, h, d, dtype=torch.float64)  # summed in float64, see slice_weights
         transported = q.new_empty(b, h, d, n, v.shape[-1])  # T_l = A_lᵀ B_l V, by token
         # kept for backward, by rank: P_A [Q, |q|²], P_B [V, (K, |k|²)], the row normalisers, and for the
         # Euclidean cost the reductions of ∂D_l/∂B_l ⊙ B_l (see esp_euclidean.py)
@@ -76,11 +79,11 @@ class EspFunction(torch.autograd.Function):
                 else:
                     query_side[:, :, chunk] = applied_q = sort_q.normalise(rhs_q)  # A [Q, |q|²]
                     cross = (applied_q[..., :d] * applied_k[..., -d - 1:-1]).sum(-1)  # (AQ)_r·(BK)_r
-                    cost = (applied_q[..., d] + applied_k[..., -1] - 2.0 * cross).sum(-1)
+                    cost = (applied_q[..., d] + applied_k[..., -1] - 2.0 * cross).sum(-1, dtype=torch.float64)
                 inv_norms[:, :, :, chunk] = torch.stack([sort_q.inv_norm, sort_k.inv_norm])
                 transported[:, :, chunk] = sort_q.apply_t(applied_k[..., :v.shape[-1]])
             slice_costs[..., chunk] = cost
-        weights = slice_weights(slice_costs, settings.inv_temperature, context.floor)  # (B, H, L)
+        weights = slice_weights(slice_costs, settings.inv_temperature, context.floor).to(q.dtype)  # (B, H, L)
         out = torch.einsum("bhl,bhlnd->bhnd", weights, transported)
         if settings.scale_by_n:
             out = out * _token_counts(valid_tokens, b, n, out)
@@ -233,4 +236,4 @@ def _hard_forward(q: Tensor, k: Tensor, v: Tensor, sort_q: SoftSortKernel, sort_
     matched_v = sort_k.by_rank(v)  # (B, H, c, n, dv)
     if sort_q.rank_mask is not None:  # padded ranks match padded tokens: they carry nothing
         per_rank, matched_v = per_rank * sort_q.rank_mask, matched_v * sort_q.rank_mask[..., None]
-    return per_rank.sum(-1), matched_v
+    return per_rank.sum(-1, dtype=torch.float64), matched_v
