@@ -24,7 +24,7 @@ from torch import Tensor
 from . import esp_euclidean as euclid
 from .soft_sort import SoftSortKernel, negligible_log, valid_column, valid_ranks
 
-KERNEL_BUDGET = 1 << 21  # kernel entries per chunk and per side when slice_chunk is None (8 MB in float32)
+KERNEL_BUDGET = 1 << 20  # kernel entries per chunk and per side when slice_chunk is None (4 MB in float32)
 
 
 @dataclass(frozen=True)
