@@ -15,6 +15,7 @@ from .registry import AttentionSpec, build_attention, get_attention, list_attent
 # One import per mechanism; importing registers it.
 from . import softmax  # noqa: E402,F401
 from . import sinkhorn  # noqa: E402,F401
+from . import esp  # noqa: E402,F401
 from . import lotformer  # noqa: E402,F401
 from . import luna  # noqa: E402,F401
 from . import linear  # noqa: E402,F401

@@ -1,0 +1,1 @@
+"""Benchmarks and the slow reference implementations they compare against."""
