@@ -122,4 +122,5 @@ class Tracker:
             where = f"run `make ui MLFLOW_TRACKING_URI={self.uri}` and open http://127.0.0.1:5000"
         else:
             where = f"open {self.uri}"
-        return f"MLflow run {self.run_id} (experiment {self.experiment_id}): {where}/#/experiments/{self.experiment_id}/runs/{self.run_id}"
+        page = f"#/experiments/{self.experiment_id}/runs/{self.run_id}"
+        return f"MLflow run {self.run_id} (experiment {self.experiment_id}): {where}/{page}"

@@ -128,12 +128,12 @@ class ConstrainedSWEPooling(SWEPooling):
 
     def observe_training_batch(self, x: Tensor, padding_mask: Tensor | None, sliced: SlicedSets) -> None:
         """Batch means d_l: hard over the whole batch, soft over its first `soft_cost_sets` sets (0 = all)."""
-        if not self.constrain_inputs:  # the constraint's gradient reaches θ and R only
-            x = x.detach()
-            sliced = sliced.reprojected(x)
         count = self.soft_cost_sets or x.shape[0]
-        soft = self.soft_slice_costs(x[:count], None if padding_mask is None else padding_mask[:count],
-                                     sliced.first_sets(count))
+        soft_x, soft_sets = x[:count], sliced.first_sets(count)
+        if not self.constrain_inputs:  # the penalty's gradient reaches θ and R only
+            soft_x = soft_x.detach()
+            soft_sets = soft_sets.reprojected(soft_x)
+        soft = self.soft_slice_costs(soft_x, None if padding_mask is None else padding_mask[:count], soft_sets)
         self.last_soft_costs, self.last_hard_costs = soft.mean(0), self.hard_slice_costs(x, sliced).mean(0)  # (L,)
 
     def calibrating(self) -> bool:
@@ -178,5 +178,5 @@ class ConstrainedSWEPooling(SWEPooling):
     def extra_repr(self) -> str:
         eps = "auto" if self.auto_eps else f"{float(self.eps):g}"
         return (f"{super().extra_repr()}, tau={self.tau}, dual_lr={self.dual_lr}, eps={eps}, "
-                f"relaxation={self.relaxation}(T={self.relaxation_temperature}), soft_cost_sets={self.soft_cost_sets}, "
-                f"constrain_inputs={self.constrain_inputs}")
+                f"relaxation={self.relaxation}(T={self.relaxation_temperature}), "
+                f"soft_cost_sets={self.soft_cost_sets}, constrain_inputs={self.constrain_inputs}")

@@ -44,7 +44,8 @@ class SlicedSets:
     def reprojected(self, x: Tensor) -> SlicedSets:
         """The same slicing (orders kept) with the set projections recomputed from x, e.g. x detached."""
         projections = x @ self.directions.T  # (B, N, L)
-        return dataclasses.replace(self, set_projections=projections, set_sorted=projections.gather(1, self.set_order))
+        return dataclasses.replace(self, set_projections=projections,
+                                   set_sorted=projections.gather(1, self.set_order))
 
     def first_sets(self, count: int) -> SlicedSets:
         """The same slicing restricted to the first `count` sets of the batch."""
