@@ -244,7 +244,7 @@ class Trainer:
         metrics = {"train/loss": window["loss"] / max(1, window["count"]),
                    "train/samples_per_s": window["samples"] * self.dist.world_size / max(elapsed, 1e-9),
                    "train/epoch": self.epoch + self.batch_in_epoch / self.batches_per_epoch, **stats,
-                   **{f"aux/{k}": float(v) for k, v in auxiliary.items()}}
+                   **{f"aux/{k}": float(v.detach()) for k, v in auxiliary.items()}}
         tracker.log_metrics(metrics, self.step)
         line = (f"loss {metrics['train/loss']:.4f} lr {stats['train/lr']:.2e} "
                 f"{metrics['train/samples_per_s']:.0f} samples/s")

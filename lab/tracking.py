@@ -12,6 +12,8 @@ from typing import Any
 
 from .config import PROJECT_ROOT, Config
 
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # the store `make ui` serves unless MLFLOW_TRACKING_URI is set
+
 
 def resolve_tracking_uri(configured: str) -> str:
     """MLFLOW_TRACKING_URI if set; else the configured URI with relative sqlite paths made absolute
@@ -114,8 +116,11 @@ class Tracker:
     def ui_hint(self) -> str:
         if not self.enabled:
             return ""
-        if self.uri.startswith("sqlite:///"):
-            where = "run `make ui` (or `mlflow ui --backend-store-uri " + self.uri + "`) and open http://127.0.0.1:5000"
+        if self.uri == resolve_tracking_uri(DEFAULT_TRACKING_URI):
+            where = "run `make ui` and open http://127.0.0.1:5000"
+        elif self.uri.startswith("sqlite:///"):
+            where = f"run `make ui MLFLOW_TRACKING_URI={self.uri}` and open http://127.0.0.1:5000"
         else:
             where = f"open {self.uri}"
-        return f"MLflow run {self.run_id} (experiment {self.experiment_id}): {where}/#/experiments/{self.experiment_id}/runs/{self.run_id}"
+        page = f"#/experiments/{self.experiment_id}/runs/{self.run_id}"
+        return f"MLflow run {self.run_id} (experiment {self.experiment_id}): {where}/{page}"

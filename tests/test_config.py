@@ -9,12 +9,14 @@ from lab.registry import ConfigError
 
 
 def test_defaults_resolve_with_every_documented_key():
-    cfg = load_config([])
-    assert cfg.task.name == "cifar10" and cfg.attention.name == "softmax" and cfg.model.name == "vit"
+    cfg = load_config([])  # the protein task file picks its attention, pooling and backbone
+    assert cfg.task.name == "protein" and cfg.attention.name == "lotformer" and cfg.pooling.name == "cswe"
+    assert cfg.model.name == "sequence_encoder" and cfg.pooling.options["soft_cost_sets"] == 2
     assert cfg.seed == 0 and cfg.resume == "auto" and cfg.data.root == "./data"
     assert cfg.trainer.max_steps == 0 and isinstance(cfg.trainer.lr, float)
     assert cfg.tracking.uri == "sqlite:///mlflow.db"
-    assert cfg.run_name == "cifar10-softmax-s0"
+    assert cfg.run_name == "protein-lotformer-s0"
+    assert load_config(["task=cifar10"]).attention.name == "softmax", "train.yaml's attention for other tasks"
 
 
 def test_overrides_are_typed():
@@ -38,7 +40,7 @@ def test_yaml_reads_exponent_floats_as_numbers():
     (["trainer.epochs=ten"], "trainer.epochs must be int, got 'ten'"),
     (["trainer.lr=fast"], "trainer.lr must be float"),
     (["trainer.precision=fp8"], "trainer.precision must be one of 'auto', 'fp32', 'bf16'"),
-    (["model.nosuch=3"], "unknown option 'nosuch' for backbone 'vit'; valid options: "),
+    (["model.nosuch=3"], "unknown option 'nosuch' for backbone 'sequence_encoder'; valid options: "),
     (["model.num_classes=3"], "set by the code"),
     (["experiment=nosuch"], "unknown experiment 'nosuch'"),
     (["trainer=1"], "is a section"),
@@ -68,7 +70,8 @@ def test_cli_exits_2_with_one_line_and_writes_nothing(args, tmp_path, monkeypatc
 def test_print_config_shows_resolved_options(capsys):
     assert train.main(["--print-config", "trainer.lr=0.01"]) == 0
     out = parse_yaml(capsys.readouterr().out)
-    assert out["trainer"]["lr"] == 0.01 and out["model"]["name"] == "vit" and "patch_size" in out["model"]
+    assert out["trainer"]["lr"] == 0.01 and out["model"]["name"] == "sequence_encoder" and "depth" in out["model"]
+    assert out["pooling"]["name"] == "cswe" and out["pooling"]["num_slices"] == 32
 
 
 def test_missing_data_offline_is_one_line(tmp_path, capsys):

@@ -9,7 +9,7 @@ import torch
 from scipy.interpolate import interp1d
 
 from attention.pooling import build_pooling
-from attention.pooling.sliced import dense_coupling, quantile_coupling, quantile_resample, softsort, \
+from attention.pooling.sliced import dense_coupling, quantile_coupling, quantile_resample, softsort_apply, \
     sort_valid_first
 from lab.hooks import collect_auxiliary_losses, run_after_step_hooks
 from lab.registry import ConfigError
@@ -35,7 +35,8 @@ def sets(batch: int, n: int, seed: int = 1) -> torch.Tensor:
 def costs(pool, x, mask=None):
     """Per-set (soft, hard) lifted slice costs D_l, each (B, L)."""
     x = x if mask is None else x.masked_fill(mask.unsqueeze(-1), 0.0)
-    return pool.slice_costs(x, mask, pool.slice_sets(x, mask))
+    sliced = pool.slice_sets(x, mask)
+    return pool.soft_slice_costs(x, mask, sliced), pool.hard_slice_costs(x, sliced)
 
 
 # -- 1-D building blocks -------------------------------------------------------------------------
@@ -72,14 +73,36 @@ def test_quantile_coupling_equals_pot_1d_plan(n, m):
     assert int((mass > 0).sum()) <= n + m - 1
 
 
+def dense_softsort(values: torch.Tensor, temperature: float) -> torch.Tensor:
+    """(n, n) SoftSort matrix by its definition: row k = softmax_i(-(sorted_k - values_i)^2 / T)."""
+    anchors = values.sort().values
+    return (-(anchors[:, None] - values[None, :]).square() / temperature).softmax(-1)
+
+
+def test_softsort_product_equals_the_dense_matrix_product_and_ignores_padding():
+    generator = torch.Generator().manual_seed(3)
+    lengths = [7, 4, 2]
+    values = torch.randn(3, 2, 7, generator=generator, dtype=torch.float64)  # (B, S, n)
+    payload = torch.randn(3, 1, 7, 5, generator=generator, dtype=torch.float64)
+    mask = padding(7, lengths)
+    anchors = sort_valid_first(values.transpose(1, 2), mask)[0].transpose(1, 2)
+    product = softsort_apply(anchors, values, mask.unsqueeze(1), 0.7, payload)  # (B, S, n, 5)
+    for b, n in enumerate(lengths):
+        for s in range(2):
+            expected = dense_softsort(values[b, s, :n], 0.7) @ payload[b, 0, :n]
+            torch.testing.assert_close(product[b, s, :n], expected, rtol=1e-12, atol=1e-12)
+        assert product[b, :, n:].abs().sum() == 0  # rows of padded ranks
+
+
 def test_softsort_is_row_stochastic_over_valid_elements_and_hard_in_the_limit():
     values = torch.tensor([[0.3, -1.2, 2.0, 0.9, 5.0]], dtype=torch.float64)
     mask = torch.tensor([[False, False, False, False, True]])
     anchors, order = sort_valid_first(values.unsqueeze(-1), mask)
-    perm = softsort(anchors[..., 0], values, mask, temperature=1.0)[0]
+    identity = torch.eye(5, dtype=torch.float64)  # payload I: the product is the matrix itself
+    perm = softsort_apply(anchors[None, ..., 0], values[None], mask, 1.0, identity)[0, 0]
     torch.testing.assert_close(perm[:4].sum(-1), torch.ones(4, dtype=torch.float64))
     assert perm[:, 4].abs().max() == 0 and perm[4].abs().max() == 0
-    hard = softsort(anchors[..., 0], values, mask, temperature=1e-6)[0]
+    hard = softsort_apply(anchors[None, ..., 0], values[None], mask, 1e-6, identity)[0, 0]
     torch.testing.assert_close(hard[:4].argmax(-1), order[0, :4, 0])
 
 
@@ -187,13 +210,54 @@ def test_soft_cost_tends_to_hard_cost_as_temperature_goes_to_zero():
     assert errors == sorted(errors, reverse=True) and errors[-1] < 1e-8, errors
 
 
-def test_constraint_loss_sends_gradients_to_directions_and_references_only():
-    pool = make().train()
+def dense_soft_swgg(x: torch.Tensor, refs: torch.Tensor, directions: torch.Tensor, temperature: float):
+    """(L,) sqrt(<C, P̃_xᵀ Q P̃_r>) with every matrix dense (n × n SoftSort matrices, POT's 1-D plan Q)."""
+    n, m = len(x), len(refs)
+    plan = torch.from_numpy(ot.emd_1d(np.arange(n, dtype=float), np.arange(m, dtype=float)))  # (n, m)
+    cost = (x[:, None, :] - refs[None, :, :]).square().sum(-1)  # (n, m)
+    unit = torch.nn.functional.normalize(directions, dim=1)
+    lifted = [dense_softsort(x @ u, temperature).T @ plan @ dense_softsort(refs @ u, temperature) for u in unit]
+    return torch.stack([(cost * gamma).sum().sqrt() for gamma in lifted])
+
+
+@pytest.mark.parametrize("temperature", [0.05, 1.0])
+def test_soft_cost_and_its_gradients_equal_the_dense_definition(temperature):
+    pool = make(num_refs=5, relaxation_temperature=temperature)
+    lengths = [8, 6, 3]
+    x, mask = sets(3, 8, seed=4).requires_grad_(), padding(8, lengths)
+    soft, _ = costs(pool, x, mask)
+    weights = torch.rand(soft.shape, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
+    gradients = torch.autograd.grad((weights * soft).sum(), [x, pool.slice_directions, pool.references])
+    expected = torch.stack([dense_soft_swgg(x[b, :n], pool.references, pool.slice_directions, temperature)
+                            for b, n in enumerate(lengths)])
+    torch.testing.assert_close(soft, expected, rtol=1e-10, atol=1e-12)
+    expected_gradients = torch.autograd.grad((weights * expected).sum(), [x, pool.slice_directions, pool.references])
+    for gradient, reference in zip(gradients, expected_gradients):
+        torch.testing.assert_close(gradient, reference, rtol=1e-9, atol=1e-12)
+
+
+def test_soft_cost_sets_estimates_on_the_first_sets_and_keeps_the_hard_costs_whole():
+    x, mask = sets(5, 8, seed=6), padding(8, [8, 3, 6, 2, 7])
+    soft, hard = costs(make(), x, mask)
+    for count, used in ((2, 2), (5, 5), (9, 5), (0, 5)):
+        pool = make(soft_cost_sets=count).train()
+        pool(x, mask)
+        torch.testing.assert_close(pool.last_soft_costs, soft[:used].mean(0))
+        torch.testing.assert_close(pool.last_hard_costs, hard.mean(0))
+    with pytest.raises(ValueError, match="soft_cost_sets must be >= 0"):
+        make(soft_cost_sets=-1)
+
+
+@pytest.mark.parametrize("constrain_inputs", [False, True])
+def test_constraint_loss_sends_gradients_to_directions_and_references_and_inputs_only_if_asked(constrain_inputs):
+    pool = make(constrain_inputs=constrain_inputs).train()
     pool.lambdas.fill_(1.0)
-    pool(sets(3, 8), padding(8, [8, 5, 4]))
+    x = sets(3, 8).requires_grad_()
+    pool(x, padding(8, [8, 5, 4]))
     collect_auxiliary_losses(pool)["cswe/constraint"].backward()
     assert pool.slice_directions.grad.abs().sum() > 0 and pool.references.grad.abs().sum() > 0
     assert pool.ref_weights.weight.grad is None
+    assert (x.grad is not None and x.grad.abs().sum() > 0) if constrain_inputs else x.grad is None
 
 
 # -- dual update -------------------------------------------------------------------------------

@@ -51,10 +51,13 @@ def last_state(tmp: Path) -> dict:
     return torch.load(path, weights_only=True)
 
 
-def test_end_to_end_run_is_tracked_and_learns(tmp_path, data_root, monkeypatch):
+def test_end_to_end_run_is_tracked_and_learns(tmp_path, data_root, monkeypatch, capsys):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     assert train.main(args_for(tmp_path, data_root, "trainer.epochs=3")) == 0
     c, run = only_run(tmp_path)
+    last_line = capsys.readouterr().out.strip().splitlines()[-1]  # where to see the run: this store, this run
+    assert f"make ui MLFLOW_TRACKING_URI=sqlite:///{tmp_path}/mlflow.db" in last_line
+    assert last_line.endswith(f"/#/experiments/{run.info.experiment_id}/runs/{run.info.run_id}")
     assert run.info.run_name == "cifar10-softmax-s0" and run.info.status == "FINISHED"
     metrics = run.data.metrics
     for name in ("train/loss", "train/lr", "train/samples_per_s", "val/accuracy", "test/accuracy",

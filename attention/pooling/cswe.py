@@ -11,6 +11,17 @@ projections. d_l = batch mean of D_l; the constraint is d_l <= ε for every l. T
 Σ_l λ_l (d_l^soft − ε) (soft permutations, so θ and R get gradients); after each optimizer step
 λ_l <- max(0, λ_l + η (d_l^hard − ε)) from the exact sorts. λ also weights the slices of the
 per-reference summary through softmax(−λ / τ). The trainer reaches both through `lab/hooks.py`.
+
+Which parameters the constraint moves: the paper pooled features of a frozen backbone, so its constraint
+shaped the slice directions θ and references R only. That is the default here too (the features enter the
+costs detached); `constrain_inputs: true` lets the penalty's gradient reach the encoder as well, which can
+then meet ε by contracting its features toward the references instead (on the protein task it did, and the
+classifier fell to the majority class).
+
+Cost: the hard costs take O(B (N + M) L C); the soft ones O(B N² L C) time (SoftSort is dense) but O(B N L C)
+memory. `soft_cost_sets: k` computes d^soft on the first k sets of each training batch only: batches are
+drawn in random order, so that mean is an unbiased estimate of the batch mean (and the penalty's gradient
+of the full one), at k/B of the cost; the hard costs, and so λ, always use the whole batch.
 """
 from __future__ import annotations
 
@@ -18,13 +29,10 @@ from typing import Literal
 
 import torch
 from torch import Tensor
-from torch.utils.checkpoint import checkpoint
 
 from .base import register_pooling
 from .sliced import RELAXATIONS, dense_coupling, quantile_coupling
 from .swe import SlicedSets, SWEPooling
-
-SOFT_COST_CHUNK_ELEMENTS = 1 << 24  # size of one (B, c, N, N + 2M) slice chunk: ~64 MB per tensor in float32
 
 
 def squared_distances(x: Tensor, references: Tensor) -> Tensor:
@@ -43,36 +51,27 @@ def hard_swgg(costs: Tensor, sliced: SlicedSets, coupling: tuple[Tensor, Tensor,
     return (mass.unsqueeze(-1) * cell_costs).sum(1)  # (B, L)
 
 
-def soft_swgg(costs: Tensor, sliced: SlicedSets, coupling: Tensor, padding_mask: Tensor | None,
+def soft_swgg(x: Tensor, references: Tensor, sliced: SlicedSets, coupling: Tensor, padding_mask: Tensor | None,
               relaxation: str, temperature: float) -> Tensor:
-    """(B, L) squared lifted cost <C, P̃_xᵀ Q P̃_r> with soft permutations, in chunks of slices.
+    """(B, L) squared lifted cost <C, P̃_xᵀ Q P̃_r> with soft permutations, without an n × n or n × n × M tensor.
 
-    <C, P̃_xᵀ Q P̃_r> = Σ_kj (P̃_x C)[k, j] (Q P̃_r)[k, j]: memory O(chunk·B·N·(N + M)), recomputed in
-    the backward pass (activation checkpointing) so the graph does not keep every chunk.
+    With C = ‖x_i‖² + ‖r_j‖² − 2 x_i·r_j, the augmented points x̃ = [x, ‖x‖²], r̃ = [r, ‖r‖²], the soft-sorted
+    set S = P̃_x X̃ and the references matched to its ranks T = Q P̃_r R̃ (both (N, C+1) per slice):
+        <C, Γ> = Σ_k (Q1)_k S[k, C] + Σ_k T[k, C] − 2 Σ_k S[k, :C]·T[k, :C].
+    x: (B, N, C) (padded rows zero), references (M, C), coupling Q: (B, N, M) dense.
     """
-    soft_permutation = RELAXATIONS[relaxation]
-    batch, length, num_slices = sliced.set_projections.shape
-    num_refs = sliced.ref_order.shape[0]
-    chunk = max(1, SOFT_COST_CHUNK_ELEMENTS // (batch * length * (length + 2 * num_refs)))
+    soft_permutation_product = RELAXATIONS[relaxation]
+    augmented_set = torch.cat([x, x.square().sum(-1, keepdim=True)], dim=-1)  # (B, N, C+1)
+    augmented_refs = torch.cat([references, references.square().sum(-1, keepdim=True)], dim=-1)  # (M, C+1)
     mask = None if padding_mask is None else padding_mask.unsqueeze(1)  # (B, 1, N)
-
-    def chunk_cost(set_sorted: Tensor, set_values: Tensor, ref_sorted: Tensor, ref_values: Tensor) -> Tensor:
-        set_perm = soft_permutation(set_sorted, set_values, mask, temperature)  # (B, c, N, N)
-        ref_perm = soft_permutation(ref_sorted, ref_values, None, temperature)  # (c, M, M)
-        moved_costs = (set_perm.flatten(1, 2) @ costs).view(batch, -1, length, num_refs)  # (B, c, N, M)
-        coupled_refs = torch.einsum("bnm,cmj->bcnj", coupling, ref_perm)  # (B, c, N, M): Q P̃_r
-        return (moved_costs * coupled_refs).sum((-2, -1))  # (B, c)
-
-    parts = []
-    for start in range(0, num_slices, chunk):
-        part = slice(start, start + chunk)
-        args = (sliced.set_sorted[..., part].transpose(1, 2), sliced.set_projections[..., part].transpose(1, 2),
-                sliced.ref_sorted[:, part].T, sliced.ref_projections[:, part].T)  # (B, c, N) x2, (c, M) x2
-        if torch.is_grad_enabled():
-            parts.append(checkpoint(chunk_cost, *args, use_reentrant=False))
-        else:
-            parts.append(chunk_cost(*args))
-    return torch.cat(parts, dim=1)  # (B, L)
+    sorted_set = soft_permutation_product(sliced.set_sorted.transpose(1, 2), sliced.set_projections.transpose(1, 2),
+                                          mask, temperature, augmented_set.unsqueeze(1))  # (B, L, N, C+1)
+    sorted_refs = soft_permutation_product(sliced.ref_sorted.T.unsqueeze(0), sliced.ref_projections.T.unsqueeze(0),
+                                           None, temperature, augmented_refs)[0]  # (L, M, C+1)
+    matched_refs = torch.einsum("bnm,lmc->blnc", coupling, sorted_refs)  # (B, L, N, C+1)
+    squared_norms = (coupling.sum(-1).unsqueeze(1) * sorted_set[..., -1]).sum(-1) + matched_refs[..., -1].sum(-1)
+    cross = (sorted_set[..., :-1] * matched_refs[..., :-1]).sum((-2, -1))  # (B, L)
+    return squared_norms - 2 * cross
 
 
 @register_pooling("cswe")
@@ -81,7 +80,7 @@ class ConstrainedSWEPooling(SWEPooling):
                  output: Literal["concat", "flatten"] = "concat", tau: float = 1.0, dual_lr: float = 0.01,
                  eps: float | Literal["auto"] = "auto", auto_eps_fraction: float = 0.5,
                  auto_eps_batches: int = 10, relaxation: Literal["softsort"] = "softsort",
-                 relaxation_temperature: float = 1.0):
+                 relaxation_temperature: float = 1.0, soft_cost_sets: int = 0, constrain_inputs: bool = False):
         super().__init__(dim, num_slices=num_slices, num_refs=num_refs, output=output)
         if relaxation not in RELAXATIONS:
             raise ValueError(f"unknown relaxation '{relaxation}'; valid choices: {', '.join(RELAXATIONS)}")
@@ -93,10 +92,13 @@ class ConstrainedSWEPooling(SWEPooling):
                 raise ValueError(f"{name} must be > 0, got {value}")
         if dual_lr < 0:
             raise ValueError(f"dual_lr must be >= 0, got {dual_lr}")
+        if soft_cost_sets < 0:
+            raise ValueError(f"soft_cost_sets must be >= 0 (0 = every set of the batch), got {soft_cost_sets}")
         self.tau, self.dual_lr, self.relaxation, self.relaxation_temperature = tau, dual_lr, relaxation, \
             relaxation_temperature
         self.auto_eps = eps == "auto"
         self.auto_eps_fraction, self.auto_eps_batches = auto_eps_fraction, auto_eps_batches
+        self.soft_cost_sets, self.constrain_inputs = soft_cost_sets, constrain_inputs
         self.metric_prefix = "cswe"  # the owner may rename it when a model holds several cswe layers
         self.register_buffer("lambdas", torch.zeros(num_slices))  # (L,) dual variables
         self.register_buffer("eps", torch.tensor(0.0 if self.auto_eps else float(eps)))
@@ -108,20 +110,31 @@ class ConstrainedSWEPooling(SWEPooling):
     def slice_weights(self) -> Tensor:
         return torch.softmax(-self.lambdas / self.tau, dim=0)  # (L,)
 
-    def slice_costs(self, x: Tensor, padding_mask: Tensor | None, sliced: SlicedSets) -> tuple[Tensor, Tensor]:
-        """Per-set lifted slice costs D_l (not squared): (soft (B, L) with gradients, hard (B, L) detached)."""
-        batch, length, _ = x.shape
-        coupling = quantile_coupling(sliced.counts, length, self.num_refs, x.dtype)
-        costs = squared_distances(x, self.references.to(x.dtype))  # (B, N, M)
+    def hard_slice_costs(self, x: Tensor, sliced: SlicedSets) -> Tensor:
+        """(B, L) per-set lifted slice costs D_l (not squared) with exact sorts, detached."""
+        coupling = quantile_coupling(sliced.counts, x.shape[1], self.num_refs, x.dtype)
         with torch.no_grad():
-            hard = hard_swgg(costs, sliced, coupling).clamp_min(0).sqrt()
-        dense = dense_coupling(*coupling, length, self.num_refs)  # (B, N, M)
-        soft = soft_swgg(costs, sliced, dense, padding_mask, self.relaxation, self.relaxation_temperature)
-        return soft.clamp_min(1e-12).sqrt(), hard
+            costs = squared_distances(x, self.references.to(x.dtype))  # (B, N, M)
+            return hard_swgg(costs, sliced, coupling).clamp_min(0).sqrt()
+
+    def soft_slice_costs(self, x: Tensor, padding_mask: Tensor | None, sliced: SlicedSets) -> Tensor:
+        """(B, L) per-set lifted slice costs D_l (not squared) with soft permutations, with gradients."""
+        length = x.shape[1]
+        coupling = dense_coupling(*quantile_coupling(sliced.counts, length, self.num_refs, x.dtype), length,
+                                  self.num_refs)  # (B, N, M)
+        soft = soft_swgg(x, self.references.to(x.dtype), sliced, coupling, padding_mask, self.relaxation,
+                         self.relaxation_temperature)
+        return soft.clamp_min(1e-12).sqrt()
 
     def observe_training_batch(self, x: Tensor, padding_mask: Tensor | None, sliced: SlicedSets) -> None:
-        soft, hard = self.slice_costs(x, padding_mask, sliced)
-        self.last_soft_costs, self.last_hard_costs = soft.mean(0), hard.mean(0)  # batch means d_l, (L,)
+        """Batch means d_l: hard over the whole batch, soft over its first `soft_cost_sets` sets (0 = all)."""
+        count = self.soft_cost_sets or x.shape[0]
+        soft_x, soft_sets = x[:count], sliced.first_sets(count)
+        if not self.constrain_inputs:  # the penalty's gradient reaches θ and R only
+            soft_x = soft_x.detach()
+            soft_sets = soft_sets.reprojected(soft_x)
+        soft = self.soft_slice_costs(soft_x, None if padding_mask is None else padding_mask[:count], soft_sets)
+        self.last_soft_costs, self.last_hard_costs = soft.mean(0), self.hard_slice_costs(x, sliced).mean(0)  # (L,)
 
     def calibrating(self) -> bool:
         """True while `eps: auto` is still measuring costs (reads a buffer: call outside forward)."""
@@ -165,4 +178,5 @@ class ConstrainedSWEPooling(SWEPooling):
     def extra_repr(self) -> str:
         eps = "auto" if self.auto_eps else f"{float(self.eps):g}"
         return (f"{super().extra_repr()}, tau={self.tau}, dual_lr={self.dual_lr}, eps={eps}, "
-                f"relaxation={self.relaxation}(T={self.relaxation_temperature})")
+                f"relaxation={self.relaxation}(T={self.relaxation_temperature}), "
+                f"soft_cost_sets={self.soft_cost_sets}, constrain_inputs={self.constrain_inputs}")

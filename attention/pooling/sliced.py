@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Callable
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 
@@ -84,25 +85,36 @@ def dense_coupling(rows: Tensor, cols: Tensor, mass: Tensor, max_rows: int, num_
     return flat.view(-1, max_rows, num_cols)
 
 
-def softsort(anchors: Tensor, values: Tensor, padding_mask: Tensor | None, temperature: float) -> Tensor:
-    """SoftSort with squared differences: P[k, i] = softmax_i(-(anchor_k - value_i)^2 / temperature).
+def softsort_apply(anchors: Tensor, values: Tensor, padding_mask: Tensor | None, temperature: float,
+                   payload: Tensor) -> Tensor:
+    """P @ payload for the SoftSort matrix with squared differences, P[k, i] = softmax_i(-(a_k - s_i)^2 / T),
+    without forming P (memory O(n), not O(n^2), per set and slice).
 
-    anchors: (..., n) the ascending sorted values (valid first), values: (..., n) in element order,
-    padding_mask: (..., n) True = padded element, or None. Returns (..., n, n) with rows = ranks and
-    columns = elements; padded elements get no mass and rows of padded ranks are zero.
-    Larger temperature = softer; as it goes to 0 P becomes the sorting permutation.
+    Row k of P is a 1-D softmax attention of the query a_k over the keys s_i: -(a - s)^2 = 2as - s^2 - a^2 and
+    -a^2 is constant along the row, so the logits are <(2a_k, -1), (s_i, s_i^2)> / T. The fused CPU/GPU kernels
+    of scaled_dot_product_attention want queries and keys as wide as the payload, hence the zero columns.
+    anchors: (B, S, n) the ascending sorted values (valid first), values: (B, S, n) in element order,
+    padding_mask: broadcastable to (B, S, n), True = padded element, or None; payload: broadcastable to
+    (B, S, n, c). Returns (B, S, n, c): row k = Σ_i P[k, i] payload[i]; padded elements get no weight and rows
+    of padded ranks are zero. Larger T = softer; as T goes to 0, P becomes the sorting permutation.
     """
-    difference = anchors.unsqueeze(-1) - values.unsqueeze(-2)  # (..., n, n)
+    columns = payload.shape[-1]
+    width = max(2, columns)
+    queries = F.pad(torch.stack([2 * anchors, torch.full_like(anchors, -1.0)], dim=-1), (0, width - 2))
+    keys = F.pad(torch.stack([values, values.square()], dim=-1), (0, width - 2))  # (B, S, n, width)
+    payload = F.pad(payload, (0, width - columns)).expand(*values.shape, width)
+    allowed = None if padding_mask is None else ~padding_mask.unsqueeze(-2)  # (..., 1, n) True = takes part
+    moved = F.scaled_dot_product_attention(queries, keys, payload, attn_mask=allowed, scale=1.0 / temperature)
+    moved = moved[..., :columns]  # (B, S, n, c)
     if padding_mask is None:
-        return (difference.square() / -temperature).softmax(-1)
-    column_bias = torch.zeros_like(values).masked_fill(padding_mask, float("-inf")).unsqueeze(-2)  # (..., 1, n)
-    logits = torch.addcmul(column_bias, difference, difference, value=-1.0 / temperature)  # one pass over n x n
+        return moved
     count = (~padding_mask).sum(-1, keepdim=True)  # (..., 1)
     valid_ranks = torch.arange(values.shape[-1], device=values.device) < count  # (..., n)
-    return logits.softmax(-1) * valid_ranks.unsqueeze(-1).to(logits.dtype)
+    return moved * valid_ranks.unsqueeze(-1).to(moved.dtype)
 
 
-SoftPermutation = Callable[[Tensor, Tensor, "Tensor | None", float], Tensor]
+SoftPermutationProduct = Callable[[Tensor, Tensor, "Tensor | None", float, Tensor], Tensor]
 
-# name -> soft permutation with softsort's signature; a new relaxation (e.g. LapSum) is one more entry
-RELAXATIONS: dict[str, SoftPermutation] = {"softsort": softsort}
+# name -> (soft permutation) @ payload with softsort_apply's signature; a new relaxation (e.g. LapSum) is one
+# more entry
+RELAXATIONS: dict[str, SoftPermutationProduct] = {"softsort": softsort_apply}

@@ -12,6 +12,7 @@ reference points (randn init), a learned reference weights.
 """
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Literal
 
@@ -39,6 +40,18 @@ class SlicedSets:
     ref_projections: Tensor  # (M, L)
     ref_sorted: Tensor  # (M, L) ascending
     ref_order: Tensor  # (M, L)
+
+    def reprojected(self, x: Tensor) -> SlicedSets:
+        """The same slicing (orders kept) with the set projections recomputed from x, e.g. x detached."""
+        projections = x @ self.directions.T  # (B, N, L)
+        return dataclasses.replace(self, set_projections=projections,
+                                   set_sorted=projections.gather(1, self.set_order))
+
+    def first_sets(self, count: int) -> SlicedSets:
+        """The same slicing restricted to the first `count` sets of the batch."""
+        return dataclasses.replace(self, set_projections=self.set_projections[:count],
+                                   set_sorted=self.set_sorted[:count], set_order=self.set_order[:count],
+                                   counts=self.counts[:count])
 
 
 @register_pooling("swe")
