@@ -30,7 +30,7 @@ from lab.registry import ConfigError
 from .base import AttentionCore
 from .esp_function import EspFunction, EspSettings, slice_weights
 from .registry import register_attention
-from .soft_sort import SoftSortKernel, negligible_log, valid_column, valid_ranks
+from .soft_sort import SoftSortKernel, negligible_log, sort_slices, valid_column, valid_ranks
 
 COSTS = ("euclidean", "sqeuclidean")
 
@@ -104,7 +104,9 @@ def dense_slice_plans(q: Tensor, k: Tensor, valid: Tensor | None, settings: EspS
     floor = negligible_log(q.dtype, n)
     plans = []
     for values in (q, k):
-        sort = SoftSortKernel(values.transpose(-1, -2), valid, ranks, settings.sort_temperature, floor)
+        slice_values = values.transpose(-1, -2)  # (B, H, d, N)
+        sort = SoftSortKernel(slice_values, *sort_slices(slice_values, valid, ranks), valid, ranks,
+                              settings.sort_temperature, floor)
         sort.normalise(valid_column(valid, q[..., 0]).expand(b, h, n, 1))  # sets the row normalisers
         soft = sort.normalised()  # (B, H, d, N, N)  P[r, i]
         if settings.hard:  # straight-through: exact permutation forward, soft gradient backward
