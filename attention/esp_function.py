@@ -22,7 +22,8 @@ P̄_B = L_B Z_Bᵀ and P̄_A = L_A Z_Aᵀ (+ ḡ B Cᵀ with the Euclidean cost)
 
 (Ō = ∂L/∂out, ḡ = ∂L/∂D), one matmul of inner size O(d) each, then `SoftSortKernel.backward`. The products
 Bᵀ L_B and Aᵀ L_A (their cost columns) are the explicit gradients of V, K, |k|² and Q, |q|². Slices whose
-Gibbs weight is exactly zero contribute exactly nothing and are skipped. With `hard`, forward uses the exact
+Gibbs weight is below one float rounding of the largest (`backward_slices`) are skipped: at τ = 10 the
+weights are peaked, and backward visits a fraction of the slices. With `hard`, forward uses the exact
 permutations (gathers), backward the soft Jacobian at the same values (straight-through).
 """
 from __future__ import annotations
@@ -70,6 +71,32 @@ def chunk_plan(groups: int, slices: int, n: int, slice_chunk: int | None) -> lis
         per_group = min(groups, max(1, CHUNK_BUDGET // (per_slice * n * n)))
     return [(slice(g, min(g + per_group, groups)), slice(l, min(l + per_slice, slices)))
             for g in range(0, groups, per_group) for l in range(0, slices, per_slice)]
+
+
+def active_plan(plan: list[tuple[slice, slice]], active: Tensor) -> list[tuple[slice, slice | Tensor]]:
+    """`plan` visiting only the slices active (G, 1, L) in some group of each group block, packed into
+    chunks of the plan's slice count: a range where the active slices are contiguous, else an index
+    tensor. One host read."""
+    blocks = list(dict.fromkeys((gs.start, gs.stop) for gs, _ in plan))
+    per_slice = max(ls.stop - ls.start for _, ls in plan)
+    used = torch.stack([active[start:stop, 0].any(0) for start, stop in blocks]).tolist()
+    packed = []
+    for (start, stop), flags in zip(blocks, used):
+        indices = [axis for axis, flag in enumerate(flags) if flag]
+        for first in range(0, len(indices), per_slice):
+            piece = indices[first:first + per_slice]
+            contiguous = piece[-1] - piece[0] == len(piece) - 1
+            axes = slice(piece[0], piece[-1] + 1) if contiguous else torch.tensor(piece, device=active.device)
+            packed.append((slice(start, stop), axes))
+    return packed
+
+
+def backward_slices(weights: Tensor) -> Tensor:
+    """(G, 1, L) bool: the slices backward visits. Every gradient term of slice l carries the factor w_l
+    (∂L/∂D_l = −τ w_l (∂L/∂w_l − Σ_m w_m ∂L/∂w_m) included), so slices with w_l < eps · max w / L add
+    together less than one rounding of the largest term and are skipped; forward uses every slice."""
+    relative = torch.finfo(weights.dtype).eps / weights.shape[-1]
+    return (weights > 0) & (weights >= weights.amax(-1, keepdim=True) * relative)
 
 
 class EspFunction(torch.autograd.Function):
@@ -146,7 +173,7 @@ class EspFunction(torch.autograd.Function):
         distance = euclid.pair_distances(q, k, valid_tokens) if euclidean else None
         grad_distance = q.new_zeros(g, 1, n, n) if euclidean and soft else None
         grads = [torch.zeros_like(q), torch.zeros_like(k), torch.zeros_like(v)]
-        chunks = context.chunks(q, k, sorts, inv_norms, active=weights > 0)
+        chunks = context.chunks(q, k, sorts, inv_norms, active=backward_slices(weights))
         for (groups, axes), sort_q, sort_k in chunks:
             at = (groups, slice(None), axes)
             w, gc = weights[at][..., None, None], grad_costs[at][..., None, None]  # (g, 1, c, 1, 1)
@@ -227,11 +254,8 @@ class _Context:
                build: bool = True, active: Tensor | None = None):
         """Yield ((groups, slices), SoftSortKernel of q, of k) chunk by chunk. Kernels reuse flat buffers (a third
         one, `buffers[2]`, holds the upstream gradient in backward); with inv_norms (2, G, 1, L, n) they are
-        built normalised. `active` (G, 1, L) bool: chunks without an active slice are skipped (one host read)."""
-        plan = self.plan
-        if active is not None:
-            keep = torch.stack([active[gs, :, ls].any() for gs, ls in plan]).tolist()
-            plan = [block for block, kept in zip(plan, keep) if kept]
+        built normalised. `active` (G, 1, L) bool: only active slices are visited (`active_plan`)."""
+        plan = self.plan if active is None else active_plan(self.plan, active)
         count = 0 if not build else 2 if active is None else 3
         self.buffers = [q.new_empty(self.buffer_size) for _ in range(count)]
         t = self.settings.sort_temperature

@@ -14,6 +14,7 @@ import torch
 import yaml
 
 from attention import build_attention
+from attention.esp_function import active_plan, backward_slices, chunk_plan
 from bench.esp_reference import esp_reference_attention_matrix, esp_reference_forward, soft_sort
 from lab.registry import ConfigError
 
@@ -73,6 +74,37 @@ def test_gradients_equal_autograd_of_the_direct_formulation(cost, inv_temperatur
     reference = torch.autograd.grad((direct * weights).sum(), (q, k, v))
     for mine, theirs in zip(ours, reference):
         torch.testing.assert_close(mine, theirs, atol=1e-8, rtol=1e-9)
+
+
+@pytest.mark.parametrize("cost", COSTS)
+@pytest.mark.parametrize("slice_chunk", [3, None])
+def test_backward_skips_negligible_slices_without_changing_gradients(cost, slice_chunk):
+    """Peaked Gibbs weights: backward visits only the slices `backward_slices` keeps (packed into ranges and
+    index lists), and the gradients still equal autograd of the direct formulation."""
+    core = build_attention("esp", num_heads=1, head_dim=8, cost=cost, inv_temperature=50.0,
+                           slice_chunk=slice_chunk).double()
+    q, k, v = (t.requires_grad_() for t in tensors(24, d=8, batch=1, heads=1))
+    mask = padding(24, [21])
+    kept = backward_slices(core.slice_weights(q, k, key_padding_mask=mask))
+    assert 2 <= kept.sum() <= 8 - 2  # one group: the union over a chunk's groups is this head's own set
+    weights = torch.randn(1, 1, 24, 8, dtype=F64, generator=torch.Generator().manual_seed(4))
+    ours = torch.autograd.grad((core(q, k, v, key_padding_mask=mask) * weights).sum(), (q, k, v))
+    dense = core.dense_attention_matrix(q, k, key_padding_mask=mask) @ v
+    reference = torch.autograd.grad((dense * weights).sum(), (q, k, v))
+    for mine, theirs in zip(ours, reference):
+        torch.testing.assert_close(mine, theirs, atol=1e-8, rtol=1e-9)
+
+
+def test_active_plan_visits_exactly_the_active_slices():
+    plan = chunk_plan(groups=2, slices=8, n=4, slice_chunk=3)
+    active = torch.tensor([[1, 0, 1, 1, 0, 0, 0, 1], [0, 0, 1, 0, 0, 0, 0, 0]], dtype=torch.bool)[:, None]
+    visited = {group: [] for group in range(2)}
+    for groups, axes in active_plan(plan, active):
+        indices = list(range(8))[axes] if isinstance(axes, slice) else axes.tolist()
+        assert len(indices) <= 3
+        for group in range(groups.start, groups.stop):
+            visited[group] += indices
+    assert visited == {0: [0, 2, 3, 7], 1: [0, 2, 3, 7]}  # the union over a chunk's groups
 
 
 @pytest.mark.parametrize("cost", COSTS)
