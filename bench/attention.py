@@ -171,7 +171,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--head-dim", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=5, help="timed repeats after one warm-up (median reported)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed repeats after one warm-up, more for calls under 1 s in all (median reported)")
     parser.add_argument("--budget-seconds", type=float, default=60.0,
                         help="a mechanism stops growing n once one forward+backward exceeds this")
     parser.add_argument("--max-memory-mb", type=float, default=None,

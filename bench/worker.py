@@ -7,8 +7,8 @@ is not polluted by earlier, larger measurements:
 
 It prints one line `BENCH_RESULT {json}` on stdout. A measurement is: a tiny untimed call (n = 16)
 that absorbs one-time lazy initialisation (thread pools, kernel dispatch), then at the real n one
-warm-up call followed by up to `--repeats` timed calls while their total stays within the budget
-(none when the warm-up alone exceeds it). Loss = (out * fixed random weights).sum().
+warm-up call followed by `--repeats` timed calls, more while they total under a second (at most
+200), fewer once their total exceeds the budget (none when the warm-up alone exceeds it); the median counts. Loss = (out * fixed random weights).sum().
 
 Peak memory is measured on the warm-up call, as the increase over a baseline taken after imports and
 input allocation:
@@ -37,6 +37,7 @@ from attention import build_attention
 from lab.registry import ConfigError, closest_first
 
 RESULT_MARKER = "BENCH_RESULT "
+MIN_TIMED_SECONDS, MAX_REPEATS = 1.0, 200  # fast calls repeat beyond --repeats: one 20 ms call is noisy
 DIRECT_ESP = "esp_direct"  # pseudo-mechanism: the direct reference ESP formulation in bench/esp_reference.py
 
 
@@ -161,7 +162,8 @@ def measure(entry: str, n: int, *, batch: int = 1, heads: int = 4, head_dim: int
     if dev.type == "cpu":
         use_default_allocator_thresholds()
     times: list[float] = []
-    while warmup <= budget_seconds and len(times) < repeats and sum(times) <= budget_seconds:
+    while warmup <= budget_seconds and sum(times) <= budget_seconds and (
+            len(times) < repeats or (sum(times) < MIN_TIMED_SECONDS and len(times) < MAX_REPEATS)):
         times.append(forward_backward(*tensors))
     seconds = statistics.median(times) if times else warmup
     return {"time_s": seconds, "times_s": times, "warmup_s": warmup, "timed_runs": len(times),
