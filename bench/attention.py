@@ -3,7 +3,7 @@
     make bench                                                  # everything registered, n = 256 ... 16,384
     make bench BENCH_ARGS="--attentions softmax,luna --lengths 1024,4096"
     python -m bench.attention [--attentions softmax,esp,esp:cost=sqeuclidean,esp_direct]
-        [--lengths 256,512,...,16384] [--batch 1] [--heads 4] [--head-dim 32] [--repeats 5]
+        [--lengths 256,512,...,16384] [--batch 1] [--heads 4] [--head-dim 32] [--repeats 5] [--min-seconds 1]
         [--budget-seconds 60] [--threads <cores>] [--out reports/bench]
 
 Each (mechanism, n) is measured in a fresh subprocess (`bench/worker.py`: warm-up, then the median of
@@ -89,7 +89,7 @@ def memory_limit_bytes(device: str) -> int:
 def run_worker(entry: str, n: int, args: argparse.Namespace) -> dict[str, Any]:
     """One measurement in a fresh interpreter; failures come back as a status, never as an exception."""
     command = [sys.executable, "-m", "bench.worker", "--entry", entry, "--n", str(n), "--batch", str(args.batch),
-               "--heads", str(args.heads), "--head-dim", str(args.head_dim), "--repeats", str(args.repeats),
+               "--heads", str(args.heads), "--head-dim", str(args.head_dim), "--repeats", str(args.repeats), "--min-seconds", str(args.min_seconds),
                "--budget-seconds", str(args.budget_seconds), "--threads", str(args.threads), "--device", args.device]
     timeout = 3 * args.budget_seconds + 120  # a warm-up over budget ends the worker; this catches the rest
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": MMAP_THRESHOLD}
@@ -149,7 +149,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                      if record["status"] == "ok" else f"{record['status']}: {record['message']}")
             print(f"  {entry:<28} n={n:<6} {shown}", flush=True)
     settings = {key: getattr(args, key) for key in ("lengths", "batch", "heads", "head_dim", "repeats",
-                                                    "budget_seconds")}
+                                                    "min_seconds", "budget_seconds")}
     return finish_report({
         "machine": machine_info(args.threads, args.device), "settings": settings, "notes": notes,
         "mechanisms": {e: {"name": parse_entry(e)[0], "options": parse_entry(e)[1], "complexity": complexity_of(e)}
@@ -171,7 +171,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--head-dim", type=int, default=32)
-    parser.add_argument("--repeats", type=int, default=5, help="timed repeats after one warm-up, more for calls under 1 s in all (median reported)")
+    parser.add_argument("--repeats", type=int, default=5, help="timed repeats after one warm-up (median reported)")
+    parser.add_argument("--min-seconds", type=float, default=1.0,
+                        help="fast calls repeat beyond --repeats until their timed total reaches this (at most 200)")
     parser.add_argument("--budget-seconds", type=float, default=60.0,
                         help="a mechanism stops growing n once one forward+backward exceeds this")
     parser.add_argument("--max-memory-mb", type=float, default=None,

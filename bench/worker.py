@@ -7,8 +7,8 @@ is not polluted by earlier, larger measurements:
 
 It prints one line `BENCH_RESULT {json}` on stdout. A measurement is: a tiny untimed call (n = 16)
 that absorbs one-time lazy initialisation (thread pools, kernel dispatch), then at the real n one
-warm-up call followed by `--repeats` timed calls, more while they total under a second (at most
-200), fewer once their total exceeds the budget (none when the warm-up alone exceeds it); the median counts. Loss = (out * fixed random weights).sum().
+warm-up call followed by `--repeats` timed calls, more while they total under `--min-seconds` (at
+most 200), fewer once their total exceeds the budget (none when the warm-up alone exceeds it); the median counts. Loss = (out * fixed random weights).sum().
 
 Peak memory is measured on the warm-up call, as the increase over a baseline taken after imports and
 input allocation:
@@ -37,7 +37,7 @@ from attention import build_attention
 from lab.registry import ConfigError, closest_first
 
 RESULT_MARKER = "BENCH_RESULT "
-MIN_TIMED_SECONDS, MAX_REPEATS = 1.0, 200  # fast calls repeat beyond --repeats: one 20 ms call is noisy
+MAX_REPEATS = 200  # fast calls repeat beyond --repeats until --min-seconds: one 20 ms call is noisy
 DIRECT_ESP = "esp_direct"  # pseudo-mechanism: the direct reference ESP formulation in bench/esp_reference.py
 
 
@@ -133,7 +133,8 @@ def _proc_status_bytes(field: str) -> int:
 
 
 def measure(entry: str, n: int, *, batch: int = 1, heads: int = 4, head_dim: int = 32, repeats: int = 5,
-            budget_seconds: float = 60.0, device: str = "cpu", seed: int = 0) -> dict[str, Any]:
+            min_seconds: float = 1.0, budget_seconds: float = 60.0, device: str = "cpu",
+            seed: int = 0) -> dict[str, Any]:
     """Time and peak memory of one forward+backward of `entry` at length `n` (in this process)."""
     dev = torch.device(device)
     core = make_attention(*parse_entry(entry), heads, head_dim).to(dev)
@@ -163,7 +164,7 @@ def measure(entry: str, n: int, *, batch: int = 1, heads: int = 4, head_dim: int
         use_default_allocator_thresholds()
     times: list[float] = []
     while warmup <= budget_seconds and sum(times) <= budget_seconds and (
-            len(times) < repeats or (sum(times) < MIN_TIMED_SECONDS and len(times) < MAX_REPEATS)):
+            len(times) < repeats or (sum(times) < min_seconds and len(times) < MAX_REPEATS)):
         times.append(forward_backward(*tensors))
     seconds = statistics.median(times) if times else warmup
     return {"time_s": seconds, "times_s": times, "warmup_s": warmup, "timed_runs": len(times),
@@ -183,6 +184,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--heads", type=int, default=4)
     parser.add_argument("--head-dim", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--min-seconds", type=float, default=1.0)
     parser.add_argument("--budget-seconds", type=float, default=60.0)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--device", default="cpu")
@@ -194,7 +196,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_flush_denormal(True)
     try:
         result = {"status": "ok", **measure(args.entry, args.n, batch=args.batch, heads=args.heads,
-                                            head_dim=args.head_dim, repeats=args.repeats,
+                                            head_dim=args.head_dim, repeats=args.repeats, min_seconds=args.min_seconds,
                                             budget_seconds=args.budget_seconds, device=args.device)}
     except Exception as error:  # noqa: BLE001 - one failing mechanism must not stop the benchmark
         status = "oom" if _is_out_of_memory(error) else "error"
