@@ -43,8 +43,8 @@ $(STAMP): pyproject.toml
 train: $(STAMP)  ## train one model: make train TASK=cifar10 ATTN=esp EPOCHS=5 ARGS="trainer.lr=3e-4"
 	$(PY) train.py $(OVERRIDES)
 
-data: $(STAMP)  ## download, verify and preprocess a dataset: make data TASK=cifar10 [SYNTHETIC=1] [ROOT=./data]
-	$(PY) -m tasks.prepare $(or $(TASK),cifar10) --root $(ROOT) $(if $(SYNTHETIC),--synthetic)
+data: $(STAMP)  ## download, verify and preprocess a dataset: make data TASK=cifar10 [SYNTHETIC=1] [ROOT=./data] [OPTIONS="dataset=flip_scl"]
+	$(PY) -m tasks.prepare $(or $(TASK),cifar10) --root $(ROOT) $(if $(SYNTHETIC),--synthetic) $(foreach o,$(OPTIONS),--option $(o))
 
 sweep: $(STAMP)  ## train every ATTNS x SEEDS: make sweep TASK=cifar10 ATTNS="softmax esp" SEEDS="0 1 2"
 	@for attn in $(ATTNS); do for seed in $(SEEDS); do \

@@ -2,19 +2,37 @@
 
     python -m tasks.prepare cifar10 [--root ./data]            # the real data (downloads if needed)
     python -m tasks.prepare modelnet40 --root D --synthetic    # small learnable data, upstream format
+    python -m tasks.prepare protein --option dataset=flip_scl  # a task's own preparation option
 
 Exit code 2 with one line when the data is missing and cannot be fetched.
 """
 from __future__ import annotations
 
 import argparse
+import inspect
 import sys
 from pathlib import Path
 
 from lab.download import DataError
-from lab.registry import ConfigError
+from lab.registry import ConfigError, closest_first
 
 from . import TASKS
+
+
+def task_options(task_cls, pairs: list[str]) -> dict[str, str]:
+    """`["dataset=flip_scl"]` -> `{"dataset": "flip_scl"}`, keys checked against the task's `prepare`."""
+    accepted = [name for name, parameter in inspect.signature(task_cls.prepare).parameters.items()
+                if parameter.kind is parameter.KEYWORD_ONLY and name not in ("synthetic", "download")]
+    options = {}
+    for pair in pairs:
+        key, equals, value = pair.partition("=")
+        if not equals or not key:
+            raise ConfigError(f"bad --option {pair!r}: expected KEY=VALUE")
+        if key not in accepted:
+            raise ConfigError(f"task {task_cls.registry_name} has no preparation option '{key}'; valid options: "
+                              + (", ".join(closest_first(key, accepted)) if accepted else "none"))
+        options[key] = value
+    return options
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -24,10 +42,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--synthetic", action="store_true",
                         help="write a small learnable stand-in in the upstream on-disk format")
     parser.add_argument("--no-download", action="store_true", help="fail instead of downloading")
+    parser.add_argument("--option", action="append", default=[], metavar="KEY=VALUE",
+                        help="a task's own preparation option (repeatable), e.g. dataset=flip_scl for protein")
     args = parser.parse_args(argv)
     try:
         task_cls = TASKS.get(args.task)
-        task_cls.prepare(Path(args.root), synthetic=args.synthetic, download=not args.no_download)
+        options = task_options(task_cls, args.option)
+        task_cls.prepare(Path(args.root), synthetic=args.synthetic, download=not args.no_download, **options)
     except (ConfigError, DataError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2

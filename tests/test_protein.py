@@ -156,6 +156,26 @@ def test_flip_archive_is_extracted_and_offline_is_one_line(tmp_path, monkeypatch
     assert len(task.datasets()["test"]) == 10
 
 
+
+def test_prepare_cli_forwards_task_options(tmp_path, capsys):
+    """`python -m tasks.prepare protein --option dataset=flip_scl` fetches FLIP (here: extracts a local
+    archive); unknown option keys exit 2 naming the valid ones."""
+    from tasks.prepare import main as prepare
+
+    assert prepare(["protein", "--root", str(tmp_path), "--no-download", "--option", "dataset=flip_scl"]) == 2
+    assert "splits.zip" in capsys.readouterr().err
+    source = write_synthetic_flip_scl(tmp_path / "src.csv", train_per_class=2, val_per_class=1, test_per_class=1)
+    (tmp_path / "flip_scl").mkdir()
+    with zipfile.ZipFile(tmp_path / "flip_scl" / "splits.zip", "w") as archive:
+        archive.write(source, "splits/balanced.csv")
+    assert prepare(["protein", "--root", str(tmp_path), "--no-download", "--option", "dataset=flip_scl"]) == 0
+    assert flip_scl_csv(tmp_path).is_file()
+    assert prepare(["protein", "--root", str(tmp_path), "--option", "datset=flip_scl"]) == 2
+    error = capsys.readouterr().err.strip()
+    assert "valid options: dataset" in error and "\n" not in error
+    assert prepare(["cifar10", "--root", str(tmp_path), "--option", "dataset=x"]) == 2
+    assert "valid options: none" in capsys.readouterr().err
+
 # -- ESM-2 featurizer, offline with a tiny random ESM-2 -------------------------------------------
 @pytest.fixture
 def tiny_esm(monkeypatch):
