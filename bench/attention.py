@@ -89,7 +89,8 @@ def memory_limit_bytes(device: str) -> int:
 def run_worker(entry: str, n: int, args: argparse.Namespace) -> dict[str, Any]:
     """One measurement in a fresh interpreter; failures come back as a status, never as an exception."""
     command = [sys.executable, "-m", "bench.worker", "--entry", entry, "--n", str(n), "--batch", str(args.batch),
-               "--heads", str(args.heads), "--head-dim", str(args.head_dim), "--repeats", str(args.repeats), "--min-seconds", str(args.min_seconds),
+               "--heads", str(args.heads), "--head-dim", str(args.head_dim), "--repeats", str(args.repeats),
+               "--min-seconds", str(args.min_seconds),
                "--budget-seconds", str(args.budget_seconds), "--threads", str(args.threads), "--device", args.device]
     timeout = 3 * args.budget_seconds + 120  # a warm-up over budget ends the worker; this catches the rest
     env = {**os.environ, "MALLOC_MMAP_THRESHOLD_": MMAP_THRESHOLD}

@@ -8,7 +8,8 @@ is not polluted by earlier, larger measurements:
 It prints one line `BENCH_RESULT {json}` on stdout. A measurement is: a tiny untimed call (n = 16)
 that absorbs one-time lazy initialisation (thread pools, kernel dispatch), then at the real n one
 warm-up call followed by `--repeats` timed calls, more while they total under `--min-seconds` (at
-most 200), fewer once their total exceeds the budget (none when the warm-up alone exceeds it); the median counts. Loss = (out * fixed random weights).sum().
+most 200), fewer once their total exceeds the budget (none when the warm-up alone exceeds it); their
+median is reported. Loss = (out * fixed random weights).sum().
 
 Peak memory is measured on the warm-up call, as the increase over a baseline taken after imports and
 input allocation:
@@ -196,8 +197,9 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_flush_denormal(True)
     try:
         result = {"status": "ok", **measure(args.entry, args.n, batch=args.batch, heads=args.heads,
-                                            head_dim=args.head_dim, repeats=args.repeats, min_seconds=args.min_seconds,
-                                            budget_seconds=args.budget_seconds, device=args.device)}
+                                            head_dim=args.head_dim, repeats=args.repeats,
+                                            min_seconds=args.min_seconds, budget_seconds=args.budget_seconds,
+                                            device=args.device)}
     except Exception as error:  # noqa: BLE001 - one failing mechanism must not stop the benchmark
         status = "oom" if _is_out_of_memory(error) else "error"
         result = {"status": status, "message": f"{type(error).__name__}: {str(error).splitlines()[0][:300]}"}
