@@ -243,7 +243,7 @@ def apply_override(tree: dict[str, Any], key: str, raw: str, reg: dict[str, Regi
     if len(parts) == 1:
         if top in SECTIONS or top in COMPONENTS:
             raise ConfigError(f"'{key}' is a section; set one of its keys, e.g. {top}.<key>=value")
-        tree[top] = _typed(raw, _top_level_option(top), key)
+        tree[top] = parse_option_value(raw, _top_level_option(top), key)
         return
     if len(parts) != 2:
         raise ConfigError(f"unknown key '{key}': keys are <section>.<name>")
@@ -254,7 +254,7 @@ def apply_override(tree: dict[str, Any], key: str, raw: str, reg: dict[str, Regi
         if name not in schema:
             raise ConfigError(f"unknown key '{key}'; valid keys: "
                               + ", ".join(f"{top}.{k}" for k in closest_first(name, schema)))
-        tree.setdefault(top, {})[name] = _typed(raw, schema[name], key)
+        tree.setdefault(top, {})[name] = parse_option_value(raw, schema[name], key)
         return
     section = tree.setdefault(top, {})
     if name == "name":
@@ -264,7 +264,8 @@ def apply_override(tree: dict[str, Any], key: str, raw: str, reg: dict[str, Regi
         raise ConfigError(f"choose a {top} first (e.g. {top}=NAME) before setting {key}")
     schema = configurable_options(reg[top].get(section["name"]))
     option = schema.get(name)
-    section[name] = _typed(raw, option, key) if option else parse_yaml(raw)  # unknown: reported on validation
+    # an unknown key is kept as parsed YAML and reported on validation
+    section[name] = parse_option_value(raw, option, key) if option else parse_yaml(raw)
 
 
 def _field_type(cls: type, name: str) -> Any:
@@ -277,7 +278,7 @@ def _top_level_option(name: str) -> Option:
     return Option(name, _field_type(Config, name), None)
 
 
-def _typed(raw: str, option: Option, key: str) -> Any:
+def parse_option_value(raw: str, option: Option, key: str) -> Any:
     """Parse a command-line string for `option`: YAML first, the raw string if the option takes text."""
     where = key.rsplit(".", 1)[0] if "." in key else ""
     value = parse_yaml(raw) if raw != "" else None

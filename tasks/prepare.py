@@ -9,29 +9,31 @@ Exit code 2 with one line when the data is missing and cannot be fetched.
 from __future__ import annotations
 
 import argparse
-import inspect
 import sys
 from pathlib import Path
+from typing import Any
 
+from lab.config import parse_option_value
 from lab.download import DataError
-from lab.registry import ConfigError, closest_first
+from lab.registry import ConfigError, closest_first, configurable_options
 
 from . import TASKS
 
 
-def task_options(task_cls, pairs: list[str]) -> dict[str, str]:
-    """`["dataset=flip_scl"]` -> `{"dataset": "flip_scl"}`, keys checked against the task's `prepare`."""
-    accepted = [name for name, parameter in inspect.signature(task_cls.prepare).parameters.items()
-                if parameter.kind is parameter.KEYWORD_ONLY and name not in ("synthetic", "download")]
+def task_options(task_cls, pairs: list[str]) -> dict[str, Any]:
+    """`["dataset=flip_scl"]` -> `{"dataset": "flip_scl"}`: the options of the task's `prepare` (beyond the
+    command's own flags), parsed and type-checked like config overrides."""
+    schema = {name: option for name, option in configurable_options(task_cls.prepare).items()
+              if name not in ("synthetic", "download")}
     options = {}
     for pair in pairs:
-        key, equals, value = pair.partition("=")
+        key, equals, raw = pair.partition("=")
         if not equals or not key:
             raise ConfigError(f"bad --option {pair!r}: expected KEY=VALUE")
-        if key not in accepted:
+        if key not in schema:
             raise ConfigError(f"task {task_cls.registry_name} has no preparation option '{key}'; valid options: "
-                              + (", ".join(closest_first(key, accepted)) if accepted else "none"))
-        options[key] = value
+                              + (", ".join(closest_first(key, schema)) if schema else "none"))
+        options[key] = parse_option_value(raw, schema[key], key)
     return options
 
 
