@@ -96,7 +96,7 @@ def backward_slices(weights: Tensor) -> Tensor:
     (∂L/∂D_l = −τ w_l (∂L/∂w_l − Σ_m w_m ∂L/∂w_m) included), so slices with w_l < eps · max w / L add
     together less than one rounding of the largest term and are skipped; forward uses every slice."""
     relative = torch.finfo(weights.dtype).eps / weights.shape[-1]
-    return (weights > 0) & (weights >= weights.amax(-1, keepdim=True) * relative)
+    return weights >= weights.amax(-1, keepdim=True) * relative  # the largest weight is > 0
 
 
 class EspFunction(torch.autograd.Function):

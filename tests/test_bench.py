@@ -15,7 +15,8 @@ from lab.registry import ConfigError
 
 
 def test_tiny_run_writes_table_json_and_plot(tmp_path, capsys):
-    main(["--attentions", "softmax", "--lengths", "256,512", "--repeats", "1", "--min-seconds", "0", "--out", str(tmp_path)])
+    main(["--attentions", "softmax", "--lengths", "256,512", "--repeats", "1", "--min-seconds", "0",
+          "--out", str(tmp_path)])
     report = json.loads((tmp_path / "attention.json").read_text())
     assert (tmp_path / "attention.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert set(report) >= {"machine", "settings", "notes", "mechanisms", "results", "growth", "summary"}

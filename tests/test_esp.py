@@ -80,7 +80,7 @@ def test_gradients_equal_autograd_of_the_direct_formulation(cost, inv_temperatur
 @pytest.mark.parametrize("slice_chunk", [3, None])
 def test_backward_skips_negligible_slices_without_changing_gradients(cost, slice_chunk):
     """Peaked Gibbs weights: backward visits only the slices `backward_slices` keeps (packed into ranges and
-    index lists), and the gradients still equal autograd of the direct formulation."""
+    index lists), and the gradients still equal autograd through the dense attention matrix."""
     core = build_attention("esp", num_heads=1, head_dim=8, cost=cost, inv_temperature=50.0,
                            slice_chunk=slice_chunk).double()
     q, k, v = (t.requires_grad_() for t in tensors(24, d=8, batch=1, heads=1))

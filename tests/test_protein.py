@@ -156,7 +156,6 @@ def test_flip_archive_is_extracted_and_offline_is_one_line(tmp_path, monkeypatch
     assert len(task.datasets()["test"]) == 10
 
 
-
 def test_prepare_cli_forwards_task_options(tmp_path, capsys):
     """`python -m tasks.prepare protein --option dataset=flip_scl` fetches FLIP (here: extracts a local
     archive); unknown option keys exit 2 naming the valid ones."""
@@ -175,6 +174,7 @@ def test_prepare_cli_forwards_task_options(tmp_path, capsys):
     assert "valid options: dataset" in error and "\n" not in error
     assert prepare(["cifar10", "--root", str(tmp_path), "--option", "dataset=x"]) == 2
     assert "valid options: none" in capsys.readouterr().err
+
 
 # -- ESM-2 featurizer, offline with a tiny random ESM-2 -------------------------------------------
 @pytest.fixture
