@@ -128,11 +128,11 @@ def _schema() -> tuple[dict[str, Option], dict[str, type]]:
 
 
 # -- YAML with YAML-1.2 floats (PyYAML reads "1e-3" as a string) --------------------------------
-class _Loader(yaml.SafeLoader):
-    pass
+class YamlLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2 floats; every config file is read with it."""
 
 
-_Loader.add_implicit_resolver(
+YamlLoader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
     re.compile(r"^[-+]?(?:\d[\d_]*)?(?:\.\d*)?(?:[eE][-+]?\d+)$|^[-+]?\d[\d_]*\.\d*$|^[-+]?\.\d+$"
                r"|^[-+]?\.(?:inf|Inf|INF)$|^\.(?:nan|NaN|NAN)$"),
@@ -141,7 +141,7 @@ _Loader.add_implicit_resolver(
 
 
 def parse_yaml(text: str) -> Any:
-    return yaml.load(text, Loader=_Loader)
+    return yaml.load(text, Loader=YamlLoader)
 
 
 def load_yaml(path: Path) -> dict[str, Any]:

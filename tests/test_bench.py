@@ -39,7 +39,8 @@ def test_tiny_run_writes_table_json_and_plot(tmp_path, capsys):
     ("esp:cost=sqeuclidean", ("esp", {"cost": "sqeuclidean"})),
     (" esp:cost=sqeuclidean, slice_chunk=4,hard=true,inv_temperature=1e1,slice_chunk=null ",
      ("esp", {"cost": "sqeuclidean", "slice_chunk": None, "hard": True, "inv_temperature": 10.0})),
-    ("esp_direct:sort_temperature=1,cost=sqeuclidean", ("esp_direct", {"sort_temperature": 1.0, "cost": "sqeuclidean"})),
+    ("esp_direct:sort_temperature=1,cost=sqeuclidean",
+     ("esp_direct", {"sort_temperature": 1.0, "cost": "sqeuclidean"})),
 ])
 def test_parse_entry(entry, expected):
     assert parse_entry(entry) == expected

@@ -1,0 +1,118 @@
+"""The one error rule: a mistake in the user's input (ConfigError, DataError) exits 2 with one line before
+anything is written; any other exception is a bug and shows its traceback (exit 1, never 2)."""
+from __future__ import annotations
+
+import functools
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+import train
+from attention.pooling.base import POOLINGS
+from backbones import BACKBONES
+from lab.config import parse_option_value
+from lab.registry import ConfigError
+from tasks.cifar import Cifar10
+from tasks.synthetic_cifar import write_synthetic_cifar
+
+PROJECT = Path(__file__).resolve().parent.parent
+TINY = ["task=cifar10", "attention=softmax", "model.dim=16", "model.depth=1", "model.num_heads=2",
+        "tracking.system_metrics=false"]
+
+
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory):
+    root = tmp_path_factory.mktemp("data")
+    write_synthetic_cifar(root / Cifar10.folder, Cifar10, train_per_class=4, test_per_class=2)
+    return root
+
+
+def args_for(tmp: Path, data_root: Path, *extra: str) -> list[str]:
+    return [*TINY, f"data.root={data_root}", f"output_dir={tmp}/runs", f"tracking.uri=sqlite:///{tmp}/mlflow.db",
+            *extra]
+
+
+def assert_one_line_exit_2_and_nothing_written(code: int, err: str, tmp: Path, *expected: str) -> None:
+    lines = err.strip().splitlines()
+    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), err
+    assert all(text in lines[0] for text in expected), lines[0]
+    assert not (tmp / "runs").exists() and not (tmp / "mlflow.db").exists()
+
+
+def test_a_bug_while_building_the_model_shows_its_traceback_and_does_not_exit_2(tmp_path, data_root):
+    """`python train.py ...` with the vit constructor broken (same signature, raises RuntimeError)."""
+    script = textwrap.dedent(f"""
+        import functools, runpy, sys
+        from backbones.vit import ViT
+
+        @functools.wraps(ViT.__init__)
+        def broken(self, *args, **kwargs):
+            raise RuntimeError("deliberately broken backbone constructor")
+
+        ViT.__init__ = broken
+        sys.argv = ["train.py", *{args_for(tmp_path, data_root)!r}]
+        runpy.run_path("train.py", run_name="__main__")
+    """)
+    result = subprocess.run([sys.executable, "-c", script], cwd=PROJECT, capture_output=True, text=True,
+                            timeout=120, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert result.returncode not in (0, 2), result.stderr
+    assert "Traceback (most recent call last)" in result.stderr
+    assert "RuntimeError: deliberately broken backbone constructor" in result.stderr
+    assert "error: " not in result.stderr.splitlines()[0]
+
+
+def test_a_value_error_from_a_bug_is_not_reported_as_a_config_error(tmp_path, data_root, monkeypatch, capsys):
+    """ConfigError is a ValueError, but not every ValueError is the user's mistake."""
+    from backbones.vit import ViT
+
+    @functools.wraps(ViT.__init__)
+    def broken(self, *args, **kwargs):
+        raise ValueError("a shape bug inside the model")
+
+    monkeypatch.setattr(ViT, "__init__", broken)
+    with pytest.raises(ValueError, match="a shape bug inside the model"):
+        train.main(args_for(tmp_path, data_root))
+    assert "error:" not in capsys.readouterr().err
+
+
+def rejected_option(registry, name: str) -> tuple[str, str]:
+    """(key, command-line value) that the entry's option schema rejects: the first option with a value its
+    type refuses, or an unknown key for an entry without such options."""
+    for key, option in registry.options(name).items():
+        for raw in ("not-a-value", "[1, 2]", "{a: 1}"):
+            try:
+                parse_option_value(raw, option, f"{registry.kind}.{key}")
+            except ConfigError:
+                return key, raw
+    return "no_such_option", "1"
+
+
+@pytest.mark.parametrize("group, registry, name",
+                         [pytest.param("pooling", POOLINGS, n, id=f"pooling-{n}") for n in POOLINGS.names()]
+                         + [pytest.param("model", BACKBONES, n, id=f"backbone-{n}") for n in BACKBONES.names()])
+def test_a_bad_option_value_for_any_pooling_or_backbone_exits_2_with_one_line(group, registry, name, tmp_path,
+                                                                               capsys):
+    key, raw = rejected_option(registry, name)
+    code = train.main(["task=cifar10", f"{group}={name}", f"{group}.{key}={raw}", f"output_dir={tmp_path}/runs",
+                       f"tracking.uri=sqlite:///{tmp_path}/mlflow.db"])
+    assert_one_line_exit_2_and_nothing_written(code, capsys.readouterr().err, tmp_path, key)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["pooling=pma", "pooling.num_seeds=0"], "pooling.num_seeds must be >= 1"),
+    (["pooling=swe", "pooling.num_refs=0"], "must be >= 1"),
+    (["pooling=cswe", "pooling.tau=0"], "pooling.tau must be > 0"),
+    (["pooling=cswe", "pooling.eps=-1"], "pooling.eps must be 'auto' or a number >= 0"),
+    (["model.patch_size=3"], "not divisible by model.patch_size 3"),
+    (["model.num_heads=3"], "dim 16 is not divisible by num_heads 3"),
+    (["task.val_fraction=1.5"], "task.val_fraction must be in (0, 1)"),
+    (["device=tpu9"], "device=tpu9 is not a device"),
+])
+def test_options_a_constructor_rejects_exit_2_with_one_line(args, message, tmp_path, data_root, capsys):
+    code = train.main(args_for(tmp_path, data_root, *args))
+    assert_one_line_exit_2_and_nothing_written(code, capsys.readouterr().err, tmp_path, message)
+
