@@ -18,8 +18,10 @@ Composition, later wins:
 Schema: the fixed sections are the dataclasses below (their fields' annotations and defaults are the
 schema); the component groups are the rows of a table the caller passes in (`train.py`'s `COMPONENTS`):
 each is a `Spec` whose options are checked against the registered constructor's signature (see
-lab/registry.py). Unknown keys, unknown names and wrong types raise `ConfigError` naming the valid
-choices, closest match first.
+lab/registry.py). Every value, a dataclass field or a constructor option, passes `Option.check`, so a
+constraint beyond the type (a range such as `batch_size >= 1`) is declared next to the annotation and
+enforced there. Unknown keys, unknown names and wrong types raise `ConfigError` naming the valid choices,
+closest match first.
 """
 from __future__ import annotations
 
@@ -123,7 +125,8 @@ class Config:
 def _schema() -> tuple[dict[str, Option], dict[str, type]]:
     """Config's top-level scalar keys (as options) and its sections (name -> dataclass)."""
     fields = {name: option for name, option in configurable_options(Config).items() if name != "components"}
-    sections = {name: option.annotation for name, option in fields.items() if dataclasses.is_dataclass(option.annotation)}
+    sections = {name: option.annotation for name, option in fields.items()
+                if dataclasses.is_dataclass(option.annotation)}
     return {name: option for name, option in fields.items() if name not in sections}, sections
 
 
