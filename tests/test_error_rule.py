@@ -20,20 +20,20 @@ from tasks.cifar import Cifar10
 from tasks.synthetic_cifar import write_synthetic_cifar
 
 PROJECT = Path(__file__).resolve().parent.parent
-TINY = ["task=cifar10", "attention=softmax", "model.dim=16", "model.depth=1", "model.num_heads=2",
-        "tracking.system_metrics=false"]
 
 
 @pytest.fixture(scope="module")
-def data_root(tmp_path_factory):
+def cifar_args(tmp_path_factory) -> list[str]:
+    """The arguments of a tiny cifar10 run on synthetic data (4 images per class)."""
     root = tmp_path_factory.mktemp("data")
     write_synthetic_cifar(root / Cifar10.folder, Cifar10, train_per_class=4, test_per_class=2)
-    return root
+    return ["task=cifar10", "attention=softmax", "model.dim=16", "model.depth=1", "model.num_heads=2",
+            "tracking.system_metrics=false", f"data.root={root}"]
 
 
-def args_for(tmp: Path, data_root: Path, *extra: str) -> list[str]:
-    return [*TINY, f"data.root={data_root}", f"output_dir={tmp}/runs", f"tracking.uri=sqlite:///{tmp}/mlflow.db",
-            *extra]
+def outputs_in(tmp: Path) -> list[str]:
+    """Send the run's checkpoints and tracking store to `tmp`, where the tests look for them."""
+    return [f"output_dir={tmp}/runs", f"tracking.uri=sqlite:///{tmp}/mlflow.db"]
 
 
 def assert_one_line_exit_2_and_nothing_written(code: int, err: str, tmp: Path, *expected: str) -> None:
@@ -43,7 +43,7 @@ def assert_one_line_exit_2_and_nothing_written(code: int, err: str, tmp: Path, *
     assert not (tmp / "runs").exists() and not (tmp / "mlflow.db").exists()
 
 
-def test_a_bug_while_building_the_model_shows_its_traceback_and_does_not_exit_2(tmp_path, data_root):
+def test_a_bug_while_building_the_model_shows_its_traceback_and_does_not_exit_2(tmp_path, cifar_args):
     """`python train.py ...` with the vit constructor broken (same signature, raises RuntimeError)."""
     script = textwrap.dedent(f"""
         import functools, runpy, sys
@@ -54,7 +54,7 @@ def test_a_bug_while_building_the_model_shows_its_traceback_and_does_not_exit_2(
             raise RuntimeError("deliberately broken backbone constructor")
 
         ViT.__init__ = broken
-        sys.argv = ["train.py", *{args_for(tmp_path, data_root)!r}]
+        sys.argv = ["train.py", *{cifar_args + outputs_in(tmp_path)!r}]
         runpy.run_path("train.py", run_name="__main__")
     """)
     result = subprocess.run([sys.executable, "-c", script], cwd=PROJECT, capture_output=True, text=True,
@@ -65,7 +65,7 @@ def test_a_bug_while_building_the_model_shows_its_traceback_and_does_not_exit_2(
     assert "error: " not in result.stderr.splitlines()[0]
 
 
-def test_a_value_error_from_a_bug_is_not_reported_as_a_config_error(tmp_path, data_root, monkeypatch, capsys):
+def test_a_value_error_from_a_bug_is_not_reported_as_a_config_error(tmp_path, cifar_args, monkeypatch, capsys):
     """ConfigError is a ValueError, but not every ValueError is the user's mistake."""
     from backbones.vit import ViT
 
@@ -75,7 +75,7 @@ def test_a_value_error_from_a_bug_is_not_reported_as_a_config_error(tmp_path, da
 
     monkeypatch.setattr(ViT, "__init__", broken)
     with pytest.raises(ValueError, match="a shape bug inside the model"):
-        train.main(args_for(tmp_path, data_root))
+        train.main(cifar_args + outputs_in(tmp_path))
     assert "error:" not in capsys.readouterr().err
 
 
@@ -97,8 +97,7 @@ def rejected_option(registry, name: str) -> tuple[str, str]:
 def test_a_bad_option_value_for_any_pooling_or_backbone_exits_2_with_one_line(group, registry, name, tmp_path,
                                                                                capsys):
     key, raw = rejected_option(registry, name)
-    code = train.main(["task=cifar10", f"{group}={name}", f"{group}.{key}={raw}", f"output_dir={tmp_path}/runs",
-                       f"tracking.uri=sqlite:///{tmp_path}/mlflow.db"])
+    code = train.main(["task=cifar10", f"{group}={name}", f"{group}.{key}={raw}", *outputs_in(tmp_path)])
     assert_one_line_exit_2_and_nothing_written(code, capsys.readouterr().err, tmp_path, key)
 
 
@@ -112,7 +111,7 @@ def test_a_bad_option_value_for_any_pooling_or_backbone_exits_2_with_one_line(gr
     (["task.val_fraction=1.5"], "task.val_fraction must be in (0, 1)"),
     (["device=tpu9"], "device=tpu9 is not a device"),
 ])
-def test_options_a_constructor_rejects_exit_2_with_one_line(args, message, tmp_path, data_root, capsys):
-    code = train.main(args_for(tmp_path, data_root, *args))
+def test_options_a_constructor_rejects_exit_2_with_one_line(args, message, tmp_path, cifar_args, capsys):
+    code = train.main([*cifar_args, *args, *outputs_in(tmp_path)])
     assert_one_line_exit_2_and_nothing_written(code, capsys.readouterr().err, tmp_path, message)
 
