@@ -32,7 +32,7 @@ class SetPooler(nn.Module):
         self.pool = build_pooling(pooling_or_default(pooling), dim=width)
         if self.pool.needs_cls_token and self.encoder is None:
             raise ConfigError(f"pooling '{pooling.name}' reads a CLS token, which needs encoder blocks: "
-                             "set model.depth >= 1")
+                              "set model.depth >= 1")
         self.cls_token = nn.Parameter(torch.zeros(1, 1, width)) if self.pool.needs_cls_token else None
         self.head = nn.Linear(self.pool.output_dim, num_classes)
 

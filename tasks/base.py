@@ -13,7 +13,8 @@ The trainer (`train.py`) only talks to this interface. A task:
   from `generator` (seeded per step by the trainer), which makes resumed runs exact.
 * `eval_step(model, batch)` returns per-example tensors (first dim = batch); the trainer concatenates
   them over the split (and across ranks) and `metrics(outputs, split)` turns them into numbers and
-  figures (drawn on demand). Metric names are bare ("accuracy"); the trainer prefixes the split ("val/accuracy").
+  figures (functions that draw them, called only for the figures logged). Metric names are bare
+  ("accuracy"); the trainer prefixes the split ("val/accuracy").
 * `monitor` names the validation metric that selects the best checkpoint (higher is better).
 
 Task constructors: keyword parameters with defaults are the `task.*` config options; `data_root` and

@@ -54,8 +54,9 @@ class ClassificationTask(Task):
 
     def metrics(self, outputs, split):
         confusion = confusion_matrix(outputs["predictions"], outputs["labels"], self.num_classes)
+        draw = partial(plot_confusion_matrix, confusion, self.class_names, split)
         return Evaluation(metrics={**classification_metrics(confusion), "loss": outputs["loss"].mean().item()},
-                          figures={"confusion_matrix": partial(plot_confusion_matrix, confusion, self.class_names, split)})
+                          figures={"confusion_matrix": draw})
 
 
 def confusion_matrix(predictions: Tensor, labels: Tensor, num_classes: int) -> Tensor:

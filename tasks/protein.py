@@ -85,7 +85,7 @@ class Protein(ClassificationTask):
         termini_slices(0, max_length, c_terminal)  # validates c_terminal against max_length
         if featurizer != "learned" and max_length > MAX_RESIDUES:
             raise ConfigError(f"featurizer {featurizer} takes at most {MAX_RESIDUES} residues: "
-                             f"set task.max_length <= {MAX_RESIDUES}, got {max_length}")
+                              f"set task.max_length <= {MAX_RESIDUES}, got {max_length}")
         if train_subset < 0:
             raise ConfigError(f"task.train_subset must be >= 0 (0 = the whole training split), got {train_subset}")
         self.dataset, self.featurizer = dataset, featurizer

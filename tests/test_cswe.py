@@ -244,7 +244,8 @@ def test_soft_cost_sets_estimates_on_the_first_sets_and_keeps_the_hard_costs_who
 
 
 @pytest.mark.parametrize("constrain_inputs", [False, True])
-def test_constraint_loss_sends_gradients_to_directions_and_references_and_inputs_only_if_asked(constrain_inputs, padding):
+def test_constraint_loss_sends_gradients_to_directions_and_references_and_inputs_only_if_asked(constrain_inputs,
+                                                                                               padding):
     pool = make(constrain_inputs=constrain_inputs).train()
     pool.lambdas.fill_(1.0)
     x = sets(3, 8).requires_grad_()

@@ -93,7 +93,8 @@ class ConstrainedSWEPooling(SWEPooling):
         if dual_lr < 0:
             raise ConfigError(f"pooling.dual_lr must be >= 0, got {dual_lr}")
         if soft_cost_sets < 0:
-            raise ConfigError(f"pooling.soft_cost_sets must be >= 0 (0 = every set of the batch), got {soft_cost_sets}")
+            raise ConfigError(f"pooling.soft_cost_sets must be >= 0 (0 = every set of the batch), "
+                              f"got {soft_cost_sets}")
         self.tau, self.dual_lr, self.relaxation, self.relaxation_temperature = tau, dual_lr, relaxation, \
             relaxation_temperature
         self.auto_eps = eps == "auto"

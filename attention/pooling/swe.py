@@ -27,7 +27,6 @@ from .base import Pooling, register_pooling
 from .sliced import quantile_resample, sort_valid_first, valid_counts
 
 
-
 @dataclass
 class SlicedSets:
     """A batch of sets and the references, projected on the slices and sorted."""
@@ -60,7 +59,8 @@ class SWEPooling(Pooling):
                  output: Literal["concat", "flatten"] = "concat"):
         super().__init__(dim)
         if num_slices < 1 or num_refs < 1:
-            raise ConfigError(f"pooling.num_slices and pooling.num_refs must be >= 1, got {num_slices} and {num_refs}")
+            raise ConfigError(f"pooling.num_slices and pooling.num_refs must be >= 1, got {num_slices} and "
+                              f"{num_refs}")
         self.num_slices, self.num_refs, self.output = num_slices, num_refs, output
         self.slice_directions = nn.Parameter(nn.init.orthogonal_(torch.empty(num_slices, dim)))  # (L, C)
         self.references = nn.Parameter(torch.randn(num_refs, dim))  # (M, C)
