@@ -26,10 +26,12 @@ from pathlib import Path
 
 import torch
 
-from attention import AttentionSpec
-from attention.pooling import PoolingSpec
+from attention.pooling.base import POOLINGS
+from attention.registry import ATTENTIONS
+from backbones import BACKBONES
+from lab import config
 from lab.checkpoint import find_resumable, load_checkpoint, new_run_dir, save_checkpoint
-from lab.config import Config, load_config
+from lab.config import ComponentGroup, Config
 from lab.data import EpochBatchSampler, batches_per_epoch, make_loader, to_device
 from lab.diagnostics import capture_attention, marginal_deviations, plot_attention_maps
 from lab.download import DataError
@@ -39,8 +41,22 @@ from lab.registry import ConfigError
 from lab.runtime import (Distributed, StopSignal, autocast_context, rng_state, seed_everything, select_device,
                          set_rng_state, step_seed)
 from lab.tracking import Tracker, flatten, git_commit
-from tasks import build_task
-from tasks.base import ModelSpec
+from tasks import TASKS, build_task
+
+# The component table: each row is a config group chosen by name (`attention=esp`) from a registry, whose
+# options are the keyword parameters of the registered constructor (`attention.eps=0.5`). The `task` row's
+# YAML files also name the task's default choice for the other rows. A new kind of component = one row.
+COMPONENTS = (
+    ComponentGroup("task", TASKS),
+    ComponentGroup("model", BACKBONES),  # the backbone
+    ComponentGroup("attention", ATTENTIONS),
+    ComponentGroup("pooling", POOLINGS, required=False),  # unset: the backbone's own default pooling
+)
+
+
+def load_config(args: list[str]) -> Config:
+    """The validated config for command-line `args` (`python train.py ARGS`)."""
+    return config.load_config(args, COMPONENTS)
 
 # keys that may change between an interrupted run and its continuation
 RESUMABLE_CHANGES = {"resume", "device", "trainer.max_steps", "trainer.num_workers", "trainer.log_every",
@@ -63,10 +79,7 @@ class Trainer:
                                **cfg.task.options)
         self.task.setup()
         seed_everything(cfg.seed)  # identical initial weights on every rank
-        model = self.task.build_model(ModelSpec(cfg.model.name, cfg.model.options),
-                                      AttentionSpec(cfg.attention.name, cfg.attention.options),
-                                      PoolingSpec(cfg.pooling.name, cfg.pooling.options))
-        self.model = model.to(self.device)
+        self.model = self.task.build_model(cfg.model, cfg.attention, cfg.pooling).to(self.device)
         self.optimizer = build_optimizer(self.model, tc)
         self.splits = self.task.datasets()
         self.batches_per_epoch = batches_per_epoch(len(self.splits["train"]), tc.batch_size, self.dist.world_size)
@@ -146,10 +159,6 @@ class Trainer:
         evaluation = self.evaluate("val")
         diagnostics = marginal_deviations(self._attention_probe()) if self.dist.is_main else {}
         tracker.log_metrics({**{f"val/{k}": v for k, v in evaluation.metrics.items()}, **diagnostics}, self.step)
-        for figure in evaluation.figures.values():
-            import matplotlib.pyplot as plt
-
-            plt.close(figure)
         score = evaluation.metrics[self.task.monitor]
         summary = " ".join(f"{k} {v:.4f}" for k, v in evaluation.metrics.items())
         epoch = self.epoch + self.batch_in_epoch / self.batches_per_epoch
@@ -262,9 +271,9 @@ class Trainer:
         evaluation = self.evaluate("test")
         metrics = {f"test/{k}": v for k, v in evaluation.metrics.items()}
         tracker.log_metrics(metrics, self.step)
-        for name, figure in evaluation.figures.items():
-            tracker.log_figure(figure, f"figures/{name}_test.png")
         if self.dist.is_main:
+            for name, draw in evaluation.figures.items():
+                tracker.log_figure(draw(), f"figures/{name}_test.png")
             maps = self._attention_probe("test")
             if maps:
                 tracker.log_figure(plot_attention_maps(maps), "figures/attention_maps_test.png")
@@ -331,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
             print(cfg.to_yaml(), end="")
             return 0
         trainer = Trainer(cfg)
-    except (ConfigError, DataError, ValueError) as error:
+    except (ConfigError, DataError) as error:  # the user's input; anything else is a bug: its traceback shows
         print(f"error: {error}", file=sys.stderr)
         return 2
     return trainer.run()

@@ -32,8 +32,6 @@ from .esp_function import EspFunction, EspSettings, slice_weights
 from .registry import register_attention
 from .soft_sort import SoftSortKernel, negligible_log, sort_slices, valid_column, valid_ranks
 
-COSTS = ("euclidean", "sqeuclidean")
-
 
 @register_attention("esp")
 class EspAttention(AttentionCore):
@@ -50,8 +48,6 @@ class EspAttention(AttentionCore):
             raise ConfigError(f"esp: sort_temperature must be > 0, got {sort_temperature}")
         if inv_temperature < 0:
             raise ConfigError(f"esp: inv_temperature must be >= 0, got {inv_temperature}")
-        if cost not in COSTS:
-            raise ConfigError(f"esp: cost must be one of {', '.join(COSTS)}, got {cost!r}")
         if slice_chunk is not None and slice_chunk < 1:
             raise ConfigError(f"esp: slice_chunk must be a positive int or null (automatic), got {slice_chunk}")
         self.settings = EspSettings(sort_temperature, inv_temperature, cost, hard, scale_by_n, slice_chunk)

@@ -11,6 +11,8 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from lab.registry import ConfigError
+
 from .base import AttentionCore
 from .registry import ATTENTIONS, AttentionSpec, build_attention
 
@@ -38,7 +40,7 @@ class MultiHeadAttention(nn.Module):
                  qkv_bias: bool = False):
         super().__init__()
         if dim % num_heads:
-            raise ValueError(f"dim {dim} is not divisible by num_heads {num_heads}")
+            raise ConfigError(f"dim {dim} is not divisible by num_heads {num_heads}")
         self.num_heads, self.head_dim, self.causal, self.cross = num_heads, dim // num_heads, causal, cross
         self.core = make_core(attention, num_heads=num_heads, head_dim=self.head_dim,
                               causal=causal, cross=cross)

@@ -6,21 +6,11 @@ options with defaults (settable from `configs/attention/<name>.yaml` and the com
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any
-
 from lab.registry import ConfigError, Registry
+from lab.registry import Spec as AttentionSpec  # which mechanism and its options: what configs hand to backbones
 
 ATTENTIONS = Registry("attention")
 register_attention = ATTENTIONS.register
-
-
-@dataclass(frozen=True)
-class AttentionSpec:
-    """Which mechanism to use and with which options; what configs hand to backbones."""
-
-    name: str = "softmax"
-    options: dict[str, Any] = field(default_factory=dict)
 
 
 def list_attentions(pattern: str = "*") -> list[str]:

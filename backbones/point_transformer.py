@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from attention import AttentionSpec
 from attention.pooling import PoolingSpec, build_pooling
+from lab.registry import ConfigError
 
 from . import register_backbone
 from .blocks import Encoder
@@ -65,7 +66,7 @@ class PointTransformer(nn.Module):
         self.encoder = Encoder(dim, depth, num_heads, attention, mlp_ratio=mlp_ratio, dropout=dropout)
         self.pool = build_pooling(pooling if pooling.name else PoolingSpec("max_mean", pooling.options), dim=dim)
         if self.pool.needs_cls_token:
-            raise ValueError(f"pooling '{pooling.name}' reads a CLS token, which point_transformer does not add")
+            raise ConfigError(f"pooling '{pooling.name}' reads a CLS token, which point_transformer does not add")
         self.head = nn.Sequential(linear_norm_act(self.pool.output_dim, head_hidden), nn.Dropout(head_dropout),
                                   nn.Linear(head_hidden, num_classes))
 

@@ -12,6 +12,7 @@ from torch import Tensor, nn
 
 from attention import AttentionSpec
 from attention.pooling import PoolingSpec, build_pooling
+from lab.registry import ConfigError
 
 from . import register_backbone
 from .blocks import Encoder
@@ -30,8 +31,8 @@ class SetPooler(nn.Module):
                         if depth else None)
         self.pool = build_pooling(pooling_or_default(pooling), dim=width)
         if self.pool.needs_cls_token and self.encoder is None:
-            raise ValueError(f"pooling '{pooling.name}' reads a CLS token, which needs encoder blocks: "
-                             "set model.depth >= 1")
+            raise ConfigError(f"pooling '{pooling.name}' reads a CLS token, which needs encoder blocks: "
+                              "set model.depth >= 1")
         self.cls_token = nn.Parameter(torch.zeros(1, 1, width)) if self.pool.needs_cls_token else None
         self.head = nn.Linear(self.pool.output_dim, num_classes)
 

@@ -23,6 +23,7 @@ from torch import Tensor, nn
 
 from attention import AttentionSpec, MultiHeadAttention
 from attention.pooling import PoolingSpec, build_pooling
+from lab.registry import ConfigError
 
 from . import register_backbone
 from .blocks import FeedForward
@@ -90,7 +91,7 @@ class SetTransformer(nn.Module):
         else:
             self.pool = build_pooling(pooling, dim=dim)
             if self.pool.needs_cls_token:
-                raise ValueError(f"pooling '{pooling.name}' reads a CLS token, which set_transformer does not add")
+                raise ConfigError(f"pooling '{pooling.name}' reads a CLS token, which set_transformer does not add")
         self.norm = nn.LayerNorm(dim)
         self.head_dropout = nn.Dropout(head_dropout)
         self.head = nn.Linear(self.pool.output_dim, num_classes)

@@ -10,6 +10,7 @@ from torch import Tensor, nn
 
 from attention import AttentionSpec
 from attention.pooling import PoolingSpec, build_pooling
+from lab.registry import ConfigError
 
 from . import register_backbone
 from .blocks import Encoder
@@ -22,7 +23,7 @@ class ViT(nn.Module):
                  num_heads: int = 4, mlp_ratio: float = 2.0, dropout: float = 0.0):
         super().__init__()
         if image_size % patch_size:
-            raise ValueError(f"image_size {image_size} is not divisible by patch_size {patch_size}")
+            raise ConfigError(f"image_size {image_size} is not divisible by model.patch_size {patch_size}")
         self.patch_embed = nn.Conv2d(in_channels, dim, kernel_size=patch_size, stride=patch_size)
         num_patches = (image_size // patch_size) ** 2
         self.pool = build_pooling(pooling if pooling.name else PoolingSpec("cls", pooling.options), dim=dim)

@@ -53,9 +53,8 @@ def resolve_entries(requested: list[str], heads: int, head_dim: int) -> tuple[li
     """Validated entries (softmax first, always present, no duplicates) and notes on dropped ones."""
     entries, notes = [], []
     for entry in dict.fromkeys(["softmax", *[e.strip() for e in requested]]):
-        name, options = parse_entry(entry)
         try:
-            make_attention(name, options, heads, head_dim)  # unknown names and bad options fail here
+            make_attention(*parse_entry(entry), heads, head_dim)  # unknown names and bad options fail here
         except ImportError as error:
             notes.append(f"{entry}: skipped, bench.esp_reference is not importable ({error})")
             continue

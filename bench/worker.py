@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import ctypes
 import ctypes.util
-import inspect
 import json
 import statistics
 import time
@@ -35,7 +34,9 @@ import torch
 from torch import nn
 
 from attention import build_attention
-from lab.registry import ConfigError, closest_first
+from attention.registry import ATTENTIONS
+from lab.config import parse_option_value
+from lab.registry import ConfigError, Option, closest_first, configurable_options
 
 RESULT_MARKER = "BENCH_RESULT "
 MAX_REPEATS = 200  # fast calls repeat beyond --repeats until --min-seconds: one 20 ms call is noisy
@@ -43,30 +44,31 @@ DIRECT_ESP = "esp_direct"  # pseudo-mechanism: the direct reference ESP formulat
 
 
 def parse_entry(entry: str) -> tuple[str, dict[str, Any]]:
-    """`"esp:cost=sqeuclidean,slice_chunk=4"` -> `("esp", {"cost": "sqeuclidean", "slice_chunk": 4})`."""
+    """`"esp:cost=sqeuclidean,slice_chunk=4"` -> `("esp", {"cost": "sqeuclidean", "slice_chunk": 4})`, each value
+    parsed and type-checked against the mechanism's options like a config override."""
     name, _, option_text = entry.strip().partition(":")
     if not name:
         raise ConfigError(f"bad attention entry {entry!r}: expected name or name:option=value,option=value")
+    schema = option_schema(name)
     options: dict[str, Any] = {}
     for pair in filter(None, (p.strip() for p in option_text.split(","))):
-        key, equals, value = pair.partition("=")
-        if not equals or not key.strip():
+        key, equals, value = (part.strip() for part in pair.partition("="))
+        if not equals or not key:
             raise ConfigError(f"bad option {pair!r} in {entry!r}: expected option=value")
-        options[key.strip()] = _scalar(value.strip())
+        if key not in schema:
+            raise ConfigError(f"unknown option '{key}' for attention '{name}'; valid options: "
+                              + ", ".join(closest_first(key, schema)))
+        options[key] = parse_option_value(value, schema[key], f"{name}.{key}")
     return name, options
 
 
-def _scalar(text: str) -> Any:
-    """A command-line value as bool / None / int / float, or the string itself."""
-    words = {"true": True, "false": False, "none": None, "null": None}
-    if text.lower() in words:
-        return words[text.lower()]
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
+def option_schema(name: str) -> dict[str, Option]:
+    """The options of a registered mechanism, or of the direct ESP formulation for `esp_direct`."""
+    if name != DIRECT_ESP:
+        return ATTENTIONS.options(name)
+    from bench.esp_reference import esp_reference_forward  # written separately; absent -> ImportError
+
+    return configurable_options(esp_reference_forward)
 
 
 class _Function(nn.Module):
@@ -81,16 +83,11 @@ class _Function(nn.Module):
 
 
 def make_attention(name: str, options: dict[str, Any], heads: int, head_dim: int) -> nn.Module:
-    """A registered core, or the direct ESP formulation for `esp_direct`; bad options raise ConfigError."""
+    """A registered core, or the direct ESP formulation for `esp_direct` (options from `parse_entry`)."""
     if name != DIRECT_ESP:
         return build_attention(name, num_heads=heads, head_dim=head_dim, **options)
-    from bench.esp_reference import esp_reference_forward  # written separately; absent -> ImportError
+    from bench.esp_reference import esp_reference_forward
 
-    valid = [p for p in inspect.signature(esp_reference_forward).parameters if p not in ("q", "k", "v")]
-    for key in options:
-        if key not in valid:
-            raise ConfigError(f"unknown option '{key}' for {DIRECT_ESP}; valid options: "
-                              + ", ".join(closest_first(key, valid)))
     return _Function(esp_reference_forward, options)
 
 

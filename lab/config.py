@@ -5,19 +5,23 @@
 
 Composition, later wins:
 1. `configs/train.yaml` (defaults; its `groups:` names the default task),
-2. `configs/task/<task>.yaml` (a global overlay: `task:`, `trainer:` ...; its `model:`, `attention:`
-   and `pooling:` sections name the task's default choice and its settings for that choice),
-3. for each of model / attention / pooling, chosen on the command line, by the experiment, by the task
-   file or by train.yaml: the section is `{name: <choice>}` + `configs/<group>/<choice>.yaml` (if it
-   exists) + the task file's section when the task's choice is the one made (another choice drops
-   the task's settings for its default),
+2. `configs/task/<task>.yaml` (a global overlay: `task:`, `trainer:` ...; its sections for the other
+   component groups (`model:`, `attention:`, `pooling:`) name the task's default choice and its settings
+   for that choice),
+3. for each other component group, chosen on the command line, by the experiment, by the task file or by
+   train.yaml: the section is `{name: <choice>}` + `configs/<group>/<choice>.yaml` (if it exists) + the
+   task file's section when the task's choice is the one made (another choice drops the task's settings
+   for its default),
 4. `configs/experiment/<name>.yaml` (only the deltas of one paper setting; may hold `groups:`),
 5. dotted overrides from the command line.
 
-Schema: the fixed sections are the dataclasses below; `task`, `model`, `attention` and `pooling` are
-`Component`s whose options are checked against the registered constructor's signature
-(see lab/registry.py). Unknown keys, unknown names and wrong types raise `ConfigError` naming the valid
-choices, closest match first.
+Schema: the fixed sections are the dataclasses below (their fields' annotations and defaults are the
+schema); the component groups are the rows of a table the caller passes in (`train.py`'s `COMPONENTS`):
+each is a `Spec` whose options are checked against the registered constructor's signature (see
+lab/registry.py). Every value, a dataclass field or a constructor option, passes `Option.check`, so a
+constraint beyond the type (a range such as `batch_size >= 1`) is declared next to the annotation and
+enforced there. Unknown keys, unknown names and wrong types raise `ConfigError` naming the valid choices,
+closest match first.
 """
 from __future__ import annotations
 
@@ -25,15 +29,26 @@ import dataclasses
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, Sequence
 
 import yaml
 
-from .registry import ConfigError, Option, Registry, closest_first, configurable_options
+from .registry import ConfigError, Option, Registry, Spec, closest_first, configurable_options
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_DIR = PROJECT_ROOT / "configs"
-GROUPS = ("task", "model", "attention", "pooling", "experiment")
+TASK = "task"  # the component group whose YAML file also sets the defaults of the other groups
+EXPERIMENT = "experiment"  # a preset chosen like a group (`experiment=NAME`), not from a registry
+
+
+@dataclass(frozen=True)
+class ComponentGroup:
+    """One row of the component table: a config section whose value is a registry entry chosen by name
+    (`attention=esp`) with its constructor's options (`attention.eps=0.5`)."""
+
+    key: str
+    registry: Registry
+    required: bool = True  # False: unset means `Spec(None)`, the builder's own default
 
 
 @dataclass
@@ -70,26 +85,22 @@ class TrackingConfig:
 
 
 @dataclass
-class Component:
-    """A registry entry chosen by name plus its options (validated against its constructor)."""
-
-    name: str | None = None
-    options: dict[str, Any] = field(default_factory=dict)
-
-
-@dataclass
 class Config:
     seed: int = 0
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     resume: str | None = "auto"  # auto: continue the latest interrupted run with this name and config; PATH: that checkpoint; null: fresh
     output_dir: str = "runs"  # checkpoints go to <output_dir>/<run name>/<timestamp>/
-    task: Component = field(default_factory=Component)
-    model: Component = field(default_factory=Component)
-    attention: Component = field(default_factory=Component)
-    pooling: Component = field(default_factory=Component)
+    components: dict[str, Spec] = field(default_factory=dict)  # one per component group: cfg.task, cfg.model ...
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     data: DataConfig = field(default_factory=DataConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+
+    def __getattr__(self, name: str) -> Spec:
+        """`cfg.attention` is `cfg.components["attention"]` (only called for names that are not fields)."""
+        components = self.__dict__.get("components", {})
+        if name in components:
+            return components[name]
+        raise AttributeError(f"{type(self).__name__} has no attribute or component group '{name}'")
 
     @property
     def run_name(self) -> str:
@@ -99,8 +110,8 @@ class Config:
         out: dict[str, Any] = {}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
-            if isinstance(value, Component):
-                out[f.name] = {"name": value.name, **value.options}
+            if f.name == "components":
+                out.update({key: {"name": spec.name, **spec.options} for key, spec in value.items()})
             elif dataclasses.is_dataclass(value):
                 out[f.name] = dataclasses.asdict(value)
             else:
@@ -111,16 +122,20 @@ class Config:
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
 
 
-SECTIONS = {"trainer": TrainerConfig, "data": DataConfig, "tracking": TrackingConfig}
-COMPONENTS = ("task", "model", "attention", "pooling")
+def _schema() -> tuple[dict[str, Option], dict[str, type]]:
+    """Config's top-level scalar keys (as options) and its sections (name -> dataclass)."""
+    fields = {name: option for name, option in configurable_options(Config).items() if name != "components"}
+    sections = {name: option.annotation for name, option in fields.items()
+                if dataclasses.is_dataclass(option.annotation)}
+    return {name: option for name, option in fields.items() if name not in sections}, sections
 
 
 # -- YAML with YAML-1.2 floats (PyYAML reads "1e-3" as a string) --------------------------------
-class _Loader(yaml.SafeLoader):
-    pass
+class YamlLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2 floats; every config file is read with it."""
 
 
-_Loader.add_implicit_resolver(
+YamlLoader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
     re.compile(r"^[-+]?(?:\d[\d_]*)?(?:\.\d*)?(?:[eE][-+]?\d+)$|^[-+]?\d[\d_]*\.\d*$|^[-+]?\.\d+$"
                r"|^[-+]?\.(?:inf|Inf|INF)$|^\.(?:nan|NaN|NAN)$"),
@@ -129,7 +144,7 @@ _Loader.add_implicit_resolver(
 
 
 def parse_yaml(text: str) -> Any:
-    return yaml.load(text, Loader=_Loader)
+    return yaml.load(text, Loader=YamlLoader)
 
 
 def load_yaml(path: Path) -> dict[str, Any]:
@@ -154,103 +169,96 @@ def deep_merge(base: dict, overlay: dict) -> dict:
     return merged
 
 
-# -- registries, imported lazily so that `--help` stays fast -------------------------------------
-def registries() -> dict[str, Registry]:
-    from attention.pooling.base import POOLINGS
-    from attention.registry import ATTENTIONS
-    from backbones import BACKBONES
-    from tasks import TASKS
-
-    return {"task": TASKS, "model": BACKBONES, "attention": ATTENTIONS, "pooling": POOLINGS}
-
-
 def group_file(group: str, name: str) -> Path:
     return CONFIG_DIR / group / f"{name}.yaml"
 
 
 def experiment_names() -> list[str]:
-    return sorted(p.stem for p in (CONFIG_DIR / "experiment").glob("*.yaml"))
+    return sorted(p.stem for p in (CONFIG_DIR / EXPERIMENT).glob("*.yaml"))
 
 
 # -- command line --------------------------------------------------------------------------------
-def parse_args(args: list[str]) -> tuple[dict[str, str], list[tuple[str, str]]]:
-    """Split `key=value` arguments into group choices and dotted overrides."""
+def parse_args(args: list[str], groups: Sequence[str]) -> tuple[dict[str, str], list[tuple[str, str]]]:
+    """Split `key=value` arguments into choices of `groups` and dotted overrides."""
     choices: dict[str, str] = {}
     overrides: list[tuple[str, str]] = []
     for arg in args:
         if "=" not in arg:
             raise ConfigError(f"expected key=value, got '{arg}' (e.g. task=cifar10 trainer.lr=3e-4)")
         key, raw = arg.split("=", 1)
-        if key in GROUPS:
+        if key in groups:
             choices[key] = raw
         else:
             overrides.append((key, raw))
     return choices, overrides
 
 
-def compose(args: list[str]) -> dict[str, Any]:
+def compose(args: list[str], components: Sequence[ComponentGroup]) -> dict[str, Any]:
     """The merged, not yet validated config tree for these command-line arguments."""
-    cli_choices, overrides = parse_args(args)
+    registries = {group.key: group.registry for group in components}
+    cli_choices, overrides = parse_args(args, [*registries, EXPERIMENT])
     tree = load_yaml(CONFIG_DIR / "train.yaml")
     defaults = tree.pop("groups", {}) or {}
 
     experiment: dict[str, Any] = {}
-    if "experiment" in cli_choices:
-        name = cli_choices["experiment"]
+    if EXPERIMENT in cli_choices:
+        name = cli_choices[EXPERIMENT]
         if name not in experiment_names():
             raise ConfigError(f"unknown experiment '{name}'; valid choices: "
                               + ", ".join(closest_first(name, experiment_names())))
-        experiment = load_yaml(group_file("experiment", name))
+        experiment = load_yaml(group_file(EXPERIMENT, name))
     experiment_choices = experiment.pop("groups", {}) or {}
 
-    reg = registries()
-    task_name = cli_choices.get("task") or experiment_choices.get("task") or defaults.get("task")
-    task_name = reg["task"].canonical(str(task_name))
-    task_file = group_file("task", task_name)
+    task_name = cli_choices.get(TASK) or experiment_choices.get(TASK) or defaults.get(TASK)
+    task_name = registries[TASK].canonical(str(task_name))
+    task_file = group_file(TASK, task_name)
     task_tree = load_yaml(task_file) if task_file.exists() else {}
-    task_sections = {group: task_tree.pop(group, None) or {} for group in ("model", "attention", "pooling")}
+    others = [key for key in registries if key != TASK]
+    task_sections = {key: task_tree.pop(key, None) or {} for key in others}
     tree = deep_merge(tree, task_tree)
-    tree.setdefault("task", {})["name"] = task_name
+    tree.setdefault(TASK, {})["name"] = task_name
 
-    for group in ("model", "attention", "pooling"):
-        task_section = task_sections[group]
-        choice = (cli_choices.get(group) or experiment_choices.get(group) or task_section.get("name")
-                  or defaults.get(group))
+    for key in others:
+        task_section = task_sections[key]
+        choice = (cli_choices.get(key) or experiment_choices.get(key) or task_section.get("name")
+                  or defaults.get(key))
         if choice is None:
             continue
-        name = reg[group].canonical(str(choice))
+        name = registries[key].canonical(str(choice))
         section = {"name": name}
-        if group_file(group, name).exists():
-            section = deep_merge(section, load_yaml(group_file(group, name)).get(group, {}) or {})
-        if task_section.get("name") and reg[group].canonical(str(task_section["name"])) == name:
+        if group_file(key, name).exists():
+            section = deep_merge(section, load_yaml(group_file(key, name)).get(key, {}) or {})
+        if task_section.get("name") and registries[key].canonical(str(task_section["name"])) == name:
             section = deep_merge(section, task_section)  # the task's settings for its own default choice
         section["name"] = name
-        tree[group] = section
+        tree[key] = section
 
     tree = deep_merge(tree, experiment)
     for key, raw in overrides:
-        apply_override(tree, key, raw, reg)
+        apply_override(tree, key, raw, registries)
     return tree
 
 
-def apply_override(tree: dict[str, Any], key: str, raw: str, reg: dict[str, Registry]) -> None:
+def apply_override(tree: dict[str, Any], key: str, raw: str, registries: dict[str, Registry]) -> None:
     """Set `key` (dotted) to the command-line string `raw`, parsed as YAML and type-checked."""
+    scalars, sections = _schema()
     parts = key.split(".")
     top = parts[0]
-    valid_top = [f.name for f in dataclasses.fields(Config)]
+    valid_top = [*scalars, *registries, *sections]
     if top not in valid_top:
         raise ConfigError(f"unknown key '{key}'; valid keys: {', '.join(closest_first(top, valid_top))}")
     if len(parts) == 1:
-        if top in SECTIONS or top in COMPONENTS:
+        if top not in scalars:
             raise ConfigError(f"'{key}' is a section; set one of its keys, e.g. {top}.<key>=value")
-        tree[top] = parse_option_value(raw, _top_level_option(top), key)
+        tree[top] = parse_option_value(raw, scalars[top], key)
         return
     if len(parts) != 2:
         raise ConfigError(f"unknown key '{key}': keys are <section>.<name>")
     name = parts[1]
-    if top in SECTIONS:
-        schema = {f.name: Option(f.name, _field_type(SECTIONS[top], f.name), f.default)
-                  for f in dataclasses.fields(SECTIONS[top])}
+    if top in scalars:
+        raise ConfigError(f"'{top}' is a value, not a section; set it as {top}=value")
+    if top in sections:
+        schema = configurable_options(sections[top])
         if name not in schema:
             raise ConfigError(f"unknown key '{key}'; valid keys: "
                               + ", ".join(f"{top}.{k}" for k in closest_first(name, schema)))
@@ -262,20 +270,9 @@ def apply_override(tree: dict[str, Any], key: str, raw: str, reg: dict[str, Regi
         return
     if not section.get("name"):
         raise ConfigError(f"choose a {top} first (e.g. {top}=NAME) before setting {key}")
-    schema = configurable_options(reg[top].get(section["name"]))
-    option = schema.get(name)
+    option = registries[top].options(section["name"]).get(name)
     # an unknown key is kept as parsed YAML and reported on validation
     section[name] = parse_option_value(raw, option, key) if option else parse_yaml(raw)
-
-
-def _field_type(cls: type, name: str) -> Any:
-    import typing
-
-    return typing.get_type_hints(cls)[name]
-
-
-def _top_level_option(name: str) -> Option:
-    return Option(name, _field_type(Config, name), None)
 
 
 def parse_option_value(raw: str, option: Option, key: str) -> Any:
@@ -289,36 +286,24 @@ def parse_option_value(raw: str, option: Option, key: str) -> Any:
 
 
 # -- validation -----------------------------------------------------------------------------------
-def validate(tree: dict[str, Any]) -> Config:
+def validate(tree: dict[str, Any], components: Sequence[ComponentGroup]) -> Config:
     """Turn a composed tree into a typed `Config`, or raise ConfigError naming what is wrong."""
-    reg = registries()
-    valid_top = [f.name for f in dataclasses.fields(Config)]
+    scalars, sections = _schema()
+    groups = {group.key: group for group in components}
+    valid_top = [*scalars, *groups, *sections]
     for key in tree:
         if key not in valid_top:
             raise ConfigError(f"unknown key '{key}'; valid keys: {', '.join(closest_first(key, valid_top))}")
-    hints = {f.name: _field_type(Config, f.name) for f in dataclasses.fields(Config)}
-    kwargs: dict[str, Any] = {}
-    for key in valid_top:
-        if key not in tree:
-            continue
-        value = tree[key]
-        if key in SECTIONS:
-            kwargs[key] = _section(SECTIONS[key], value or {}, key)
-        elif key in COMPONENTS:
-            kwargs[key] = _component(key, value or {}, reg[key])
-        else:
-            kwargs[key] = Option(key, hints[key], None).check(value, "")
-    config = Config(**kwargs)
-    for key in ("task", "model", "attention"):
-        if getattr(config, key).name is None:
-            raise ConfigError(f"no {key} chosen; pass {key}=NAME")
-    return config
+    kwargs: dict[str, Any] = {key: scalars[key].check(tree[key], "") for key in scalars if key in tree}
+    kwargs.update({key: _section(cls, tree.get(key) or {}, key) for key, cls in sections.items()})
+    kwargs["components"] = {key: _component(group, tree.get(key) or {}) for key, group in groups.items()}
+    return Config(**kwargs)
 
 
 def _section(cls: type, values: dict[str, Any], where: str):
     if not isinstance(values, dict):
         raise ConfigError(f"'{where}' must be a mapping")
-    schema = {f.name: Option(f.name, _field_type(cls, f.name), f.default) for f in dataclasses.fields(cls)}
+    schema = configurable_options(cls)
     checked = {}
     for key, value in values.items():
         if key not in schema:
@@ -328,23 +313,21 @@ def _section(cls: type, values: dict[str, Any], where: str):
     return cls(**checked)
 
 
-def _component(group: str, values: dict[str, Any], registry: Registry) -> Component:
+def _component(group: ComponentGroup, values: dict[str, Any]) -> Spec:
     if not isinstance(values, dict):
-        raise ConfigError(f"'{group}' must be a mapping with a 'name'")
+        raise ConfigError(f"'{group.key}' must be a mapping with a 'name'")
     options = dict(values)
     name = options.pop("name", None)
     if name is None:
+        if group.required:
+            raise ConfigError(f"no {group.key} chosen; pass {group.key}=NAME")
         if options:
-            raise ConfigError(f"{group} options given but no {group} chosen; pass {group}=NAME")
-        return Component(None, {})
-    name = registry.canonical(str(name))
-    return Component(name, registry.resolve_options(name, options))
+            raise ConfigError(f"{group.key} options given but no {group.key} chosen; pass {group.key}=NAME")
+        return Spec(None, {})
+    name = group.registry.canonical(str(name))
+    return Spec(name, group.registry.resolve_options(name, options))
 
 
-def load_config(args: list[str]) -> Config:
-    return validate(compose(args))
-
-
-def config_from_dict(tree: dict[str, Any]) -> Config:
-    """Rebuild a Config from `Config.to_dict()` output (e.g. stored in a checkpoint)."""
-    return validate(tree)
+def load_config(args: list[str], components: Sequence[ComponentGroup]) -> Config:
+    """The validated config for command-line `args`; `components` is the composition root's table."""
+    return validate(compose(args, components), components)

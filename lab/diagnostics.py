@@ -1,7 +1,7 @@
 """Attention diagnostics for tracked runs: marginal deviations, entropy and attention-map figures.
 
 During one forward pass on a few validation examples, the inputs of every self-attention block are
-captured; each block's dense attention matrix (`core.attention_matrix`) is then measured:
+captured; each block's dense attention matrix is then measured:
 how far row and column sums over valid tokens are from 1 (doubly-stochastic mechanisms should be
 close on both), and the mean row entropy. Only for sequences short enough to form n x n.
 """
@@ -12,14 +12,17 @@ from typing import Callable
 import torch
 from torch import Tensor, nn
 
-from attention import MultiHeadAttention
-
 MAX_TOKENS = 1024
 
 
 def capture_attention(model: nn.Module, forward: Callable[[], object]) -> list[tuple[str, Tensor]]:
-    """Run `forward()` and return (block name, (B, H, N, N) attention) for every self-attention block."""
-    inputs: list[tuple[str, MultiHeadAttention, Tensor, Tensor | None]] = []
+    """Run `forward()` and return (block name, (B, H, N, N) attention) for every self-attention block.
+
+    An attention block is any module with `attention_maps(x, key_padding_mask=...)` returning its
+    (B, H, Nq, Nk) attention on input x (`attention.MultiHeadAttention` has it) and a forward taking
+    `(x, context=None, key_padding_mask=None)`; blocks called with a context (cross-attention) are skipped.
+    """
+    inputs: list[tuple[str, nn.Module, Tensor, Tensor | None]] = []
 
     def hook_for(name):
         def hook(module, args, kwargs):
@@ -30,7 +33,7 @@ def capture_attention(model: nn.Module, forward: Callable[[], object]) -> list[t
         return hook
 
     handles = [m.register_forward_pre_hook(hook_for(n), with_kwargs=True)
-               for n, m in model.named_modules() if isinstance(m, MultiHeadAttention)]
+               for n, m in model.named_modules() if callable(getattr(m, "attention_maps", None))]
     try:
         with torch.no_grad():
             forward()

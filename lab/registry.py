@@ -19,7 +19,7 @@ import inspect
 import types
 import typing
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Callable, Literal
 
 
@@ -41,8 +41,22 @@ def unknown_choice_message(kind: str, name: str, choices: typing.Iterable[str]) 
 
 
 @dataclass(frozen=True)
+class Spec:
+    """A registry entry chosen by name plus its options: what a config section hands to the code that
+    builds it (`AttentionSpec`, `PoolingSpec` and `ModelSpec` are this type). `name=None`: the builder's
+    default (a backbone's own pooling)."""
+
+    name: str | None = None
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
 class Option:
-    """One configurable constructor parameter."""
+    """One configurable parameter (of a registered constructor or a config section's dataclass).
+
+    Every config value passes through `check`, so a constraint beyond the type (a range) belongs next to
+    the annotation and is enforced here.
+    """
 
     name: str
     annotation: Any
@@ -144,9 +158,6 @@ class Registry:
 
     def names(self, pattern: str = "*") -> list[str]:
         return sorted(n for n in self._entries if fnmatch.fnmatch(n, pattern))
-
-    def __contains__(self, name: str) -> bool:
-        return name in self._entries or name in self._aliases
 
     def options(self, name: str) -> dict[str, Option]:
         """Configurable options of an entry: its keyword parameters that have defaults."""

@@ -10,6 +10,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+from .registry import ConfigError
+
 
 def select_device(requested: str) -> torch.device:
     """`auto` picks CUDA, then Apple MPS, then the CPU; anything else is passed to torch.device."""
@@ -20,9 +22,12 @@ def select_device(requested: str) -> torch.device:
         if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
-    device = torch.device(requested)
+    try:
+        device = torch.device(requested)
+    except RuntimeError:
+        raise ConfigError(f"device={requested} is not a device; use auto, cpu, cuda, cuda:N or mps") from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device={requested} but CUDA is not available; use device=auto or device=cpu")
+        raise ConfigError(f"device={requested} but CUDA is not available; use device=auto or device=cpu")
     return device
 
 

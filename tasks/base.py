@@ -13,7 +13,8 @@ The trainer (`train.py`) only talks to this interface. A task:
   from `generator` (seeded per step by the trainer), which makes resumed runs exact.
 * `eval_step(model, batch)` returns per-example tensors (first dim = batch); the trainer concatenates
   them over the split (and across ranks) and `metrics(outputs, split)` turns them into numbers and
-  figures. Metric names are bare ("accuracy"); the trainer prefixes the split ("val/accuracy").
+  figures (functions that draw them, called only for the figures logged). Metric names are bare
+  ("accuracy"); the trainer prefixes the split ("val/accuracy").
 * `monitor` names the validation metric that selects the best checkpoint (higher is better).
 
 Task constructors: keyword parameters with defaults are the `task.*` config options; `data_root` and
@@ -23,7 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, Callable, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -31,20 +32,14 @@ from torch.utils.data import Dataset, default_collate
 
 from attention import AttentionSpec
 from attention.pooling import PoolingSpec
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """Which backbone (`name`) and its options, from the `model` config section."""
-
-    name: str
-    options: dict[str, Any] = field(default_factory=dict)
+from lab.registry import Spec as ModelSpec  # which backbone and its options: the `model` config section
 
 
 @dataclass
 class Evaluation:
     metrics: dict[str, float]
-    figures: dict[str, Any] = field(default_factory=dict)  # name -> matplotlib Figure
+    # name -> a function drawing the matplotlib Figure; only called for the figures the trainer logs (test)
+    figures: dict[str, Callable[[], Any]] = field(default_factory=dict)
 
 
 class Task:

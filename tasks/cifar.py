@@ -22,6 +22,7 @@ from torch import Tensor
 
 from lab.data import TensorDictDataset
 from lab.download import DataError, download as download_file, extract, verify
+from lab.registry import ConfigError
 
 from . import register_task
 from .classification import ClassificationTask
@@ -69,7 +70,7 @@ class Cifar10(ClassificationTask):
                  split_seed: int = 0):
         super().__init__(data_root=data_root, download=download)
         if not 0.0 < val_fraction < 1.0:
-            raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+            raise ConfigError(f"task.val_fraction must be in (0, 1), got {val_fraction}")
         self.val_fraction, self.augment, self.split_seed = val_fraction, augment, split_seed
         self.splits: dict[str, TensorDictDataset] = {}
 

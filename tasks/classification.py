@@ -2,6 +2,7 @@
 macro-F1 and a confusion-matrix figure."""
 from __future__ import annotations
 
+from functools import partial
 from typing import Sequence
 
 import torch
@@ -53,8 +54,9 @@ class ClassificationTask(Task):
 
     def metrics(self, outputs, split):
         confusion = confusion_matrix(outputs["predictions"], outputs["labels"], self.num_classes)
+        draw = partial(plot_confusion_matrix, confusion, self.class_names, split)
         return Evaluation(metrics={**classification_metrics(confusion), "loss": outputs["loss"].mean().item()},
-                          figures={"confusion_matrix": plot_confusion_matrix(confusion, self.class_names, split)})
+                          figures={"confusion_matrix": draw})
 
 
 def confusion_matrix(predictions: Tensor, labels: Tensor, num_classes: int) -> Tensor:

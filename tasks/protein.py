@@ -84,10 +84,10 @@ class Protein(ClassificationTask):
         super().__init__(data_root=data_root, download=download)
         termini_slices(0, max_length, c_terminal)  # validates c_terminal against max_length
         if featurizer != "learned" and max_length > MAX_RESIDUES:
-            raise ValueError(f"featurizer {featurizer} takes at most {MAX_RESIDUES} residues: "
-                             f"set task.max_length <= {MAX_RESIDUES}, got {max_length}")
+            raise ConfigError(f"featurizer {featurizer} takes at most {MAX_RESIDUES} residues: "
+                              f"set task.max_length <= {MAX_RESIDUES}, got {max_length}")
         if train_subset < 0:
-            raise ValueError(f"train_subset must be >= 0 (0 = the whole training split), got {train_subset}")
+            raise ConfigError(f"task.train_subset must be >= 0 (0 = the whole training split), got {train_subset}")
         self.dataset, self.featurizer = dataset, featurizer
         self.max_length, self.c_terminal, self.train_subset = max_length, c_terminal, train_subset
         self.splits: dict[str, Dataset] = {}

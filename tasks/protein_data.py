@@ -30,6 +30,7 @@ from pathlib import Path
 import numpy as np
 
 from lab.download import DataError, download as download_file, extract
+from lab.registry import ConfigError
 
 STANDARD_RESIDUES = "ACDEFGHIKLMNPQRSTVWY"
 PROTEIN_LETTERS = STANDARD_RESIDUES + "XBUZO"
@@ -93,7 +94,7 @@ def termini_slices(length: int, max_length: int, c_terminal: int) -> tuple[slice
     """The N- and C-terminal parts kept when a sequence of `length` residues is cut to `max_length`:
     the first max_length - c_terminal residues and the last c_terminal (targeting signals sit at both ends)."""
     if not 0 <= c_terminal < max_length:
-        raise ValueError(f"c_terminal must be in [0, max_length), got {c_terminal} with max_length {max_length}")
+        raise ConfigError(f"task.c_terminal must be in [0, max_length), got {c_terminal} with max_length {max_length}")
     if length <= max_length:
         return slice(0, length), slice(length, length)
     return slice(0, max_length - c_terminal), slice(length - c_terminal, length)

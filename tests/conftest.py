@@ -24,3 +24,13 @@ def _isolated_tracking_uri():
     os.environ.pop("MLFLOW_TRACKING_URI", None)
     if saved is not None:
         os.environ["MLFLOW_TRACKING_URI"] = saved
+
+
+@pytest.fixture
+def padding():
+    """`padding(n, valid)`: a (B, n) mask, True = padding, with `valid[b]` valid tokens at the front of row b."""
+
+    def mask(n: int, valid: list[int]) -> torch.Tensor:
+        return torch.arange(n)[None, :] >= torch.tensor(valid)[:, None]  # (B, n)
+
+    return mask

@@ -35,11 +35,6 @@ def qkv(n: int, m: int | None = None, dtype=torch.float32):
     return q, k, v
 
 
-def padding(n: int, valid: list[int]) -> torch.Tensor:
-    """(B, n) True = padding, with `valid[b]` valid tokens at the front of row b."""
-    return torch.arange(n)[None, :] >= torch.tensor(valid)[:, None]
-
-
 def test_registry_lists_softmax_and_rejects_unknown_names():
     assert "softmax" in ALL
     with pytest.raises(ConfigError, match="valid choices: .*softmax"):
@@ -62,7 +57,7 @@ def test_interface_attributes(name):
 
 @pytest.mark.parametrize("name", ALL)
 @pytest.mark.parametrize("padded", [False, True], ids=["dense", "padded"])
-def test_self_attention_shapes_finite_and_gradients_reach_every_parameter(name, padded):
+def test_self_attention_shapes_finite_and_gradients_reach_every_parameter(name, padded, padding):
     core = make(name)
     q, k, v = (t.requires_grad_() for t in qkv(9))
     mask = padding(9, [9, 6]) if padded else None
@@ -84,7 +79,7 @@ def test_self_attention_shapes_finite_and_gradients_reach_every_parameter(name, 
 
 @pytest.mark.parametrize("name", CROSS)
 @pytest.mark.parametrize("padded", [False, True], ids=["dense", "padded"])
-def test_cross_attention_shapes_and_gradients(name, padded):
+def test_cross_attention_shapes_and_gradients(name, padded, padding):
     core = make(name)
     q, k, v = (t.requires_grad_() for t in qkv(5, 11))
     mask = padding(11, [11, 7]) if padded else None
@@ -98,7 +93,7 @@ def test_cross_attention_shapes_and_gradients(name, padded):
 
 
 @pytest.mark.parametrize("name", ALL)
-def test_padding_invariance(name):
+def test_padding_invariance(name, padding):
     """Appending padded tokens with arbitrary values leaves the valid outputs unchanged."""
     core = make(name, torch.float64)
     q, k, v = qkv(7, dtype=torch.float64)
@@ -111,7 +106,7 @@ def test_padding_invariance(name):
 
 @pytest.mark.parametrize("name", ALL)
 @pytest.mark.parametrize("padded", [False, True], ids=["dense", "padded"])
-def test_forward_equals_dense_attention_matrix(name, padded):
+def test_forward_equals_dense_attention_matrix(name, padded, padding):
     core = make(name, torch.float64)
     q, k, v = qkv(10, dtype=torch.float64)
     mask = padding(10, [10, 6]) if padded else None
@@ -155,7 +150,7 @@ def test_self_only_mechanisms_refuse_cross_attention_at_construction(name):
 
 
 @pytest.mark.parametrize("name", DOUBLY)
-def test_doubly_stochastic_marginals_over_valid_tokens(name):
+def test_doubly_stochastic_marginals_over_valid_tokens(name, padding):
     """Loose generic check; each mechanism's own tests pin its exact tolerances."""
     core = make(name, torch.float64)
     q, k, _ = qkv(12, dtype=torch.float64)

@@ -37,16 +37,22 @@ def test_tiny_run_writes_table_json_and_plot(tmp_path, capsys):
 @pytest.mark.parametrize("entry, expected", [
     ("softmax", ("softmax", {})),
     ("esp:cost=sqeuclidean", ("esp", {"cost": "sqeuclidean"})),
-    (" esp:cost=sqeuclidean, slice_chunk=4,hard=true,inv_temperature=1e1,x=none ",
-     ("esp", {"cost": "sqeuclidean", "slice_chunk": 4, "hard": True, "inv_temperature": 10.0, "x": None})),
+    (" esp:cost=sqeuclidean, slice_chunk=4,hard=true,inv_temperature=1e1,slice_chunk=null ",
+     ("esp", {"cost": "sqeuclidean", "slice_chunk": None, "hard": True, "inv_temperature": 10.0})),
+    ("esp_direct:sort_temperature=1,cost=sqeuclidean",
+     ("esp_direct", {"sort_temperature": 1.0, "cost": "sqeuclidean"})),
 ])
 def test_parse_entry(entry, expected):
     assert parse_entry(entry) == expected
 
 
-@pytest.mark.parametrize("entry", [":cost=euclidean", "esp:cost", "esp:=3"])
-def test_parse_entry_rejects_malformed(entry):
-    with pytest.raises(ConfigError, match="expected"):
+@pytest.mark.parametrize("entry, message", [
+    (":cost=euclidean", "expected"), ("esp:cost", "expected"), ("esp:=3", "expected"),
+    ("esp:x=none", "unknown option 'x' for attention 'esp'"), ("esp:hard=3", "esp.hard must be bool"),
+    ("esp:cost=manhattan", "esp.cost must be one of"), ("nosuch", "unknown attention 'nosuch'"),
+])
+def test_parse_entry_rejects_malformed_and_mistyped(entry, message):
+    with pytest.raises(ConfigError, match=message):
         parse_entry(entry)
 
 

@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 
 import train
-from lab.config import load_config, parse_yaml
+from lab.config import parse_yaml
+from train import load_config
 from lab.registry import ConfigError
 
 

@@ -17,11 +17,6 @@ from lab.registry import ConfigError
 C = 5
 
 
-def padding(n: int, valid: list[int]) -> torch.Tensor:
-    """(B, n) True = padding, `valid[b]` valid elements at the front of row b."""
-    return torch.arange(n)[None, :] >= torch.tensor(valid)[:, None]
-
-
 def make(name: str = "cswe", **options):
     torch.manual_seed(0)
     options = {"num_slices": 4, "num_refs": 6, **options}
@@ -40,7 +35,7 @@ def costs(pool, x, mask=None):
 
 
 # -- 1-D building blocks -------------------------------------------------------------------------
-def test_quantile_resampling_equals_linear_interpolation_with_extrapolation():
+def test_quantile_resampling_equals_linear_interpolation_with_extrapolation(padding):
     counts = torch.tensor([2, 3, 7, 9])
     values = torch.randn(4, 9, 3, dtype=torch.float64)
     mask = padding(9, counts.tolist())
@@ -79,7 +74,7 @@ def dense_softsort(values: torch.Tensor, temperature: float) -> torch.Tensor:
     return (-(anchors[:, None] - values[None, :]).square() / temperature).softmax(-1)
 
 
-def test_softsort_product_equals_the_dense_matrix_product_and_ignores_padding():
+def test_softsort_product_equals_the_dense_matrix_product_and_ignores_padding(padding):
     generator = torch.Generator().manual_seed(3)
     lengths = [7, 4, 2]
     values = torch.randn(3, 2, 7, generator=generator, dtype=torch.float64)  # (B, S, n)
@@ -116,7 +111,7 @@ def test_output_dimension(name, output, width):
 
 
 @pytest.mark.parametrize("name", ["swe", "cswe"])
-def test_permutation_invariance_of_embedding_and_costs(name):
+def test_permutation_invariance_of_embedding_and_costs(name, padding):
     pool = make(name).train()
     x, mask = sets(3, 9), padding(9, [9, 6, 3])
     perm = torch.randperm(9)
@@ -127,7 +122,7 @@ def test_permutation_invariance_of_embedding_and_costs(name):
 
 
 @pytest.mark.parametrize("name", ["swe", "cswe"])
-def test_padded_batch_equals_each_set_alone(name):
+def test_padded_batch_equals_each_set_alone(name, padding):
     pool = make(name).train()
     lengths = [9, 5, 2]
     x, mask = sets(3, 9), padding(9, lengths)
@@ -143,7 +138,7 @@ def test_padded_batch_equals_each_set_alone(name):
             torch.testing.assert_close(hard[b:b + 1], hard_alone)
 
 
-def test_fewer_than_two_valid_elements_is_a_clear_error():
+def test_fewer_than_two_valid_elements_is_a_clear_error(padding):
     pool = make("swe")
     with pytest.raises(RuntimeError, match="at least 2 valid elements"):
         pool(sets(2, 4), padding(4, [4, 1]))
@@ -188,7 +183,7 @@ def brute_force_swgg(x: np.ndarray, refs: np.ndarray, theta: np.ndarray) -> np.n
 
 
 @pytest.mark.parametrize("num_refs", [2, 3, 5, 8])
-def test_hard_swgg_equals_dense_brute_force(num_refs):
+def test_hard_swgg_equals_dense_brute_force(num_refs, padding):
     pool = make(num_refs=num_refs)
     lengths = [7, 5, 3, 2]
     x, mask = sets(4, 7, seed=num_refs), padding(7, lengths)
@@ -199,7 +194,7 @@ def test_hard_swgg_equals_dense_brute_force(num_refs):
         np.testing.assert_allclose(hard[b].numpy(), brute_force_swgg(x[b, :n].numpy(), refs, theta), rtol=1e-10)
 
 
-def test_soft_cost_tends_to_hard_cost_as_temperature_goes_to_zero():
+def test_soft_cost_tends_to_hard_cost_as_temperature_goes_to_zero(padding):
     x, mask = sets(3, 8), padding(8, [8, 6, 3])
     _, hard = costs(make(), x, mask)
     errors = []
@@ -221,7 +216,7 @@ def dense_soft_swgg(x: torch.Tensor, refs: torch.Tensor, directions: torch.Tenso
 
 
 @pytest.mark.parametrize("temperature", [0.05, 1.0])
-def test_soft_cost_and_its_gradients_equal_the_dense_definition(temperature):
+def test_soft_cost_and_its_gradients_equal_the_dense_definition(temperature, padding):
     pool = make(num_refs=5, relaxation_temperature=temperature)
     lengths = [8, 6, 3]
     x, mask = sets(3, 8, seed=4).requires_grad_(), padding(8, lengths)
@@ -236,7 +231,7 @@ def test_soft_cost_and_its_gradients_equal_the_dense_definition(temperature):
         torch.testing.assert_close(gradient, reference, rtol=1e-9, atol=1e-12)
 
 
-def test_soft_cost_sets_estimates_on_the_first_sets_and_keeps_the_hard_costs_whole():
+def test_soft_cost_sets_estimates_on_the_first_sets_and_keeps_the_hard_costs_whole(padding):
     x, mask = sets(5, 8, seed=6), padding(8, [8, 3, 6, 2, 7])
     soft, hard = costs(make(), x, mask)
     for count, used in ((2, 2), (5, 5), (9, 5), (0, 5)):
@@ -249,7 +244,8 @@ def test_soft_cost_sets_estimates_on_the_first_sets_and_keeps_the_hard_costs_who
 
 
 @pytest.mark.parametrize("constrain_inputs", [False, True])
-def test_constraint_loss_sends_gradients_to_directions_and_references_and_inputs_only_if_asked(constrain_inputs):
+def test_constraint_loss_sends_gradients_to_directions_and_references_and_inputs_only_if_asked(constrain_inputs,
+                                                                                               padding):
     pool = make(constrain_inputs=constrain_inputs).train()
     pool.lambdas.fill_(1.0)
     x = sets(3, 8).requires_grad_()

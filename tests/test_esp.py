@@ -6,12 +6,9 @@ finite differences, and the plan's own invariants (mass, marginals, padding).
 """
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch
-import yaml
 
 from attention import build_attention
 from attention.esp_function import active_plan, backward_slices, chunk_plan
@@ -31,11 +28,6 @@ def tensors(n: int, d: int = 4, dtype=F64, seed: int = 1, count: int = 3, batch:
     return [torch.randn(batch, heads, n, d, generator=g, dtype=dtype) for _ in range(count)]
 
 
-def padding(n: int, valid: list[int]) -> torch.Tensor:
-    """(B, n) True = padding, `valid[b]` valid tokens first."""
-    return torch.arange(n)[None, :] >= torch.tensor(valid)[:, None]
-
-
 def published_inputs() -> tuple[torch.Tensor, torch.Tensor]:
     """§5's input: seed 0, B = H = 2, N = 8, L = 4, q then k ~ N(0, 1)·0.5 in float32, used as the already
     scaled q, k. The core scales by L^-1/2, so it gets them times √L = 2."""
@@ -47,7 +39,7 @@ def published_inputs() -> tuple[torch.Tensor, torch.Tensor]:
 
 @pytest.mark.parametrize("cost", COSTS)
 @pytest.mark.parametrize("dtype, tol", [(torch.float64, 1e-10), (torch.float32, 1e-4)], ids=["f64", "f32"])
-def test_equals_the_direct_formulation_with_padding(cost, dtype, tol):
+def test_equals_the_direct_formulation_with_padding(cost, dtype, tol, padding):
     core = make(dtype, cost=cost)
     q, k, v = tensors(12, dtype=dtype)
     valid = [12, 7]
@@ -78,7 +70,7 @@ def test_gradients_equal_autograd_of_the_direct_formulation(cost, inv_temperatur
 
 @pytest.mark.parametrize("cost", COSTS)
 @pytest.mark.parametrize("slice_chunk", [3, None])
-def test_backward_skips_negligible_slices_without_changing_gradients(cost, slice_chunk):
+def test_backward_skips_negligible_slices_without_changing_gradients(cost, slice_chunk, padding):
     """Peaked Gibbs weights: backward visits only the slices `backward_slices` keeps (packed into ranges and
     index lists), and the gradients still equal autograd through the dense attention matrix."""
     core = build_attention("esp", num_heads=1, head_dim=8, cost=cost, inv_temperature=50.0,
@@ -108,7 +100,7 @@ def test_active_plan_visits_exactly_the_active_slices():
 
 
 @pytest.mark.parametrize("cost", COSTS)
-def test_gradcheck_of_the_hand_written_backward(cost):
+def test_gradcheck_of_the_hand_written_backward(cost, padding):
     """Finite differences need a smooth function: a milder sort temperature than the default 1e-3."""
     core = build_attention("esp", num_heads=1, head_dim=3, cost=cost, sort_temperature=0.05,
                            inv_temperature=2.0).double()
@@ -137,7 +129,7 @@ def test_published_fixed_seed_numbers():
         assert (matrix.sum(-2) - 1).abs().max().item() == pytest.approx(col_dev, rel=0.03)
 
 
-def test_mass_marginals_and_no_mass_across_padding():
+def test_mass_marginals_and_no_mass_across_padding(padding):
     """Total mass exactly n per head; rows ≈ 1, columns within §5's tolerance; nothing crosses padding."""
     q, k = published_inputs()
     core = build_attention("esp", num_heads=2, head_dim=4).double()
@@ -186,7 +178,7 @@ def test_hard_sorts_equal_pot_expected_sliced_plan(n):
 
 
 @pytest.mark.parametrize("cost", COSTS)
-def test_hard_backward_is_the_soft_straight_through_gradient(cost):
+def test_hard_backward_is_the_soft_straight_through_gradient(cost, padding):
     q, k, v = (t.requires_grad_() for t in tensors(9))
     mask = padding(9, [9, 6])
     weights = torch.randn(2, 2, 9, 4, dtype=F64, generator=torch.Generator().manual_seed(5))
@@ -200,7 +192,7 @@ def test_hard_backward_is_the_soft_straight_through_gradient(cost):
 
 
 @pytest.mark.parametrize("cost", COSTS)
-def test_near_ties_keep_values_and_gradients_finite(cost):
+def test_near_ties_keep_values_and_gradients_finite(cost, padding):
     q, k, v = tensors(10, dtype=torch.float32)
     q[:, :, 1] = q[:, :, 0]  # exact ties in every slice
     k[:, :, 3] = k[:, :, 2] + 1e-7  # near ties
@@ -212,7 +204,7 @@ def test_near_ties_keep_values_and_gradients_finite(cost):
 
 
 @pytest.mark.parametrize("cost", COSTS)
-def test_slice_chunk_does_not_change_results(cost):
+def test_slice_chunk_does_not_change_results(cost, padding):
     q, k, v = (t.requires_grad_() for t in tensors(11, d=6))
     mask = padding(11, [11, 9])
     results = []
@@ -225,7 +217,7 @@ def test_slice_chunk_does_not_change_results(cost):
             torch.testing.assert_close(a, b, atol=1e-12, rtol=1e-12)
 
 
-def test_scale_by_n_multiplies_by_the_number_of_valid_tokens():
+def test_scale_by_n_multiplies_by_the_number_of_valid_tokens(padding):
     q, k, v = tensors(10)
     mask = padding(10, [10, 6])
     plain, scaled = make(), make(scale_by_n=True)
@@ -247,9 +239,3 @@ def test_bad_options_and_cross_attention_are_refused():
     with pytest.raises(ValueError, match="cross-attention"):
         make()(q, k[:, :, :4], v[:, :, :4])
 
-
-def test_config_file_holds_the_constructor_defaults():
-    config = yaml.safe_load(Path(__file__).parents[1].joinpath("configs/attention/esp.yaml").read_text())["attention"]
-    core = build_attention("esp", num_heads=2, head_dim=4, **config)
-    defaults = build_attention("esp", num_heads=2, head_dim=4)
-    assert core.settings == defaults.settings

@@ -1,4 +1,5 @@
-"""The shared linear-attention core (`luna`, `linear`, `performer`) against independent dense references.
+"""The shared linear-attention core (`luna`, `linear`, `performer`) against independent dense references, and
+the memory of every mechanism the registry declares linear.
 
 The reference here is the plain definition: features from the mechanism's own φ (exponentiated without any
 stabiliser for Performer), the full n×n kernel, masks, then row normalisation; with δ = 0 it is free of every
@@ -11,16 +12,24 @@ import torch
 from torch.autograd.graph import saved_tensors_hooks
 from torch.profiler import ProfilerActivity, profile
 
-from attention import build_attention
+from attention import build_attention, get_attention, list_attentions
 from attention.linear_attention import LinearAttentionCore
 
-NAMES = ["luna", "linear", "performer"]
+NAMES = [name for name in list_attentions() if issubclass(get_attention(name), LinearAttentionCore)]
+LINEAR = [pytest.param(name, causal, id=f"{'causal' if causal else 'bidirectional'}-{name}")
+          for name in list_attentions() if get_attention(name).complexity == "linear"
+          for causal in (False, True) if get_attention(name).supports_causal or not causal]
 B, H, D = 2, 2, 8
 
 
 def make(name: str, dtype=torch.float64, **options) -> LinearAttentionCore:
     torch.manual_seed(0)
     return build_attention(name, num_heads=H, head_dim=D, **options).to(dtype)
+
+
+def make_chunked(name: str, dtype=torch.float32):
+    """A float32 core; the shared linear core with small chunks, so that chunking is exercised."""
+    return make(name, dtype, **({"chunk_size": 16} if name in NAMES else {}))
 
 
 def qkv(n: int, m: int | None = None, dtype=torch.float64, seed: int = 1):
@@ -158,8 +167,7 @@ def _saved_numels(core, n: int, causal: bool) -> list[int]:
     return sizes
 
 
-@pytest.mark.parametrize("name", NAMES)
-@pytest.mark.parametrize("causal", [False, True], ids=["bidirectional", "causal"])
+@pytest.mark.parametrize("name, causal", LINEAR)
 def test_nothing_quadratic_is_saved_for_backward_and_memory_is_linear(name, causal):
     core = make(name, torch.float32)
     n = 2048
@@ -177,10 +185,9 @@ def _bytes_allocated(core, n: int, causal: bool) -> int:
     return sum(event.cpu_memory_usage for event in prof.events() if event.cpu_memory_usage > 0)
 
 
-@pytest.mark.parametrize("name", NAMES)
-@pytest.mark.parametrize("causal", [False, True], ids=["bidirectional", "causal"])
+@pytest.mark.parametrize("name, causal", LINEAR)
 def test_work_allocated_in_forward_and_backward_is_linear(name, causal):
     """Catches transients saved-tensor checks miss, e.g. a per-chunk slice whose backward writes a full-size
     gradient (n/chunk of them: quadratic)."""
-    core = make(name, torch.float32, chunk_size=16)
+    core = make_chunked(name)
     assert _bytes_allocated(core, 512, causal) <= 2.2 * _bytes_allocated(core, 256, causal)

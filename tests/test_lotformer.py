@@ -33,13 +33,8 @@ def tensors(*sizes: int, seed: int = 1) -> list[torch.Tensor]:
     return [torch.randn(B, H, n, D, generator=g, dtype=F64) for n in sizes]
 
 
-def padding(n: int, valid: list[int]) -> torch.Tensor:
-    """(B, n) True = padding, `valid[b]` valid tokens at the front of row b."""
-    return torch.arange(n)[None, :] >= torch.tensor(valid)[:, None]
-
-
 @pytest.mark.parametrize("nq, nk", [(10, 10), (6, 11)], ids=["self", "cross"])
-def test_odd_half_steps_give_exact_rows_and_even_give_exact_columns(nq, nk):
+def test_odd_half_steps_give_exact_rows_and_even_give_exact_columns(nq, nk, padding):
     q, k = tensors(nq, nk)
     valid_q, valid_k = [nq, nq - 3], [nk, nk - 4]
     masks = dict(key_padding_mask=padding(nk, valid_k), query_padding_mask=padding(nq, valid_q))
@@ -68,7 +63,7 @@ def test_rank_is_at_most_the_number_of_pivots():
     assert (torch.linalg.matrix_rank(make(num_pivots=12).attention_matrix(q, k)) > 4).all()
 
 
-def test_one_half_step_is_softmax_through_the_pivots():
+def test_one_half_step_is_softmax_through_the_pivots(padding):
     """T = 1: A_ij = Σ_t softmax_t(S¹_it/ε + log b_t) · softmax_j(S²_tj/ε) over valid keys (nested softmax)."""
     q, k = tensors(7, 9)
     mask = padding(9, [9, 6])
@@ -82,7 +77,7 @@ def test_one_half_step_is_softmax_through_the_pivots():
 
 
 @pytest.mark.parametrize("nq, nk", [(9, 9), (7, 12)], ids=["self", "cross"])
-def test_both_transports_match_pot_sinkhorn_log_at_convergence(nq, nk):
+def test_both_transports_match_pot_sinkhorn_log_at_convergence(nq, nk, padding):
     q, k = tensors(nq, nk)
     valid_q, valid_k = [nq, nq - 2], [nk, nk - 3]
     core = make(half_steps=61, eps=0.5)
@@ -104,7 +99,7 @@ def test_both_transports_match_pot_sinkhorn_log_at_convergence(nq, nk):
             assert query_plan[b, h, n:].abs().sum() == 0 and key_plan[b, h, :, m:].abs().sum() == 0
 
 
-def test_forward_equals_dense_glued_coupling_with_cross_attention_and_padding_on_both_sides():
+def test_forward_equals_dense_glued_coupling_with_cross_attention_and_padding_on_both_sides(padding):
     q, k, v = tensors(6, 11, 11)
     valid_q, valid_k = [6, 4], [11, 7]
     masks = dict(key_padding_mask=padding(11, valid_k), query_padding_mask=padding(6, valid_q))
@@ -122,7 +117,7 @@ def test_forward_equals_dense_glued_coupling_with_cross_attention_and_padding_on
     torch.testing.assert_close(out[1:, :, :4], short, atol=1e-12, rtol=1e-10)
 
 
-def test_gradients_reach_pivots_and_mass_logits_finite_with_padding():
+def test_gradients_reach_pivots_and_mass_logits_finite_with_padding(padding):
     core = make(dtype=torch.float32)
     q, k, v = (t.float().requires_grad_() for t in tensors(8, 8, 8))
     out = core(q, k, v, key_padding_mask=padding(8, [8, 5]))
@@ -142,7 +137,7 @@ def test_fixed_masses_stay_uniform_and_are_not_trained():
     assert core.pivots.grad is not None and core.mass_logits.grad is None
 
 
-def test_sequence_without_valid_keys_attends_to_nothing_without_nan():
+def test_sequence_without_valid_keys_attends_to_nothing_without_nan(padding):
     core = make()
     q, k, v = (t.requires_grad_() for t in tensors(4, 6, 6))
     out = core(q, k, v, key_padding_mask=padding(6, [6, 0]))

@@ -220,7 +220,7 @@ def test_offline_training_without_data_exits_2_with_one_line(tmp_path, monkeypat
                                    "model.num_tokens": 256, "task.name": "modelnet40"}),
 ])
 def test_config_files_resolve_to_the_documented_settings(args, expected):
-    from lab.config import load_config
+    from train import load_config
 
     resolved = load_config([*args, "attention=softmax"]).to_dict()
     for key, value in expected.items():

@@ -1,12 +1,9 @@
-"""Properties every registered pooling must have (parametrised over the registry), pma specifics, and
-the pooling config files against the constructors."""
+"""Properties every registered pooling must have (parametrised over the registry) and pma specifics
+(the pooling config files are checked against the constructors in test_config_defaults.py)."""
 from __future__ import annotations
-
-from pathlib import Path
 
 import pytest
 import torch
-import yaml
 
 from attention import AttentionCore
 from attention.pooling import build_pooling, list_poolings
@@ -17,7 +14,6 @@ from lab.registry import ConfigError
 B, N, C = 3, 7, 8
 ALL = list_poolings()
 SET_POOLINGS = [n for n in ALL if not POOLINGS.get(n).needs_cls_token]
-CONFIGS = Path(__file__).resolve().parents[1] / "configs" / "pooling"
 
 
 def make(name: str, dtype=torch.float32, **options):
@@ -29,10 +25,6 @@ def sets(n: int = N, dtype=torch.float32) -> torch.Tensor:
     return torch.randn(B, n, C, generator=torch.Generator().manual_seed(1), dtype=dtype)
 
 
-def padding(n: int, valid: list[int]) -> torch.Tensor:
-    return torch.arange(n)[None, :] >= torch.tensor(valid)[:, None]
-
-
 def test_registry_lists_the_poolings_and_rejects_unknown_names():
     assert {"mean", "max", "cls", "pma", "swe", "cswe"} <= set(ALL)
     with pytest.raises(ConfigError, match="valid choices: .*swe"):
@@ -41,7 +33,7 @@ def test_registry_lists_the_poolings_and_rejects_unknown_names():
 
 @pytest.mark.parametrize("name", ALL)
 @pytest.mark.parametrize("padded", [False, True], ids=["dense", "padded"])
-def test_shape_finite_and_gradients(name, padded):
+def test_shape_finite_and_gradients(name, padded, padding):
     pool = make(name).train()
     x = sets().requires_grad_()
     mask = padding(N, [N, 5, 2]) if padded else None
@@ -57,7 +49,7 @@ def test_shape_finite_and_gradients(name, padded):
 
 
 @pytest.mark.parametrize("name", ALL)
-def test_padding_invariance(name):
+def test_padding_invariance(name, padding):
     """Appending padded elements with arbitrary values changes nothing."""
     pool = make(name, torch.float64).eval()
     x = sets(dtype=torch.float64)
@@ -67,7 +59,7 @@ def test_padding_invariance(name):
 
 
 @pytest.mark.parametrize("name", SET_POOLINGS)
-def test_permutation_invariance(name):
+def test_permutation_invariance(name, padding):
     pool = make(name, torch.float64).eval()
     x, mask = sets(dtype=torch.float64), padding(N, [N, 5, 3])
     perm = torch.randperm(N)
@@ -76,13 +68,13 @@ def test_permutation_invariance(name):
 
 # -- pma -----------------------------------------------------------------------------------------
 @pytest.mark.parametrize("num_seeds", [1, 3])
-def test_pma_output_is_the_flattened_seeds(num_seeds):
+def test_pma_output_is_the_flattened_seeds(num_seeds, padding):
     pool = make("pma", num_seeds=num_seeds, num_heads=2)
     assert pool.output_dim == num_seeds * C
     assert pool(sets(), padding(N, [N, 4, 1])).shape == (B, num_seeds * C)
 
 
-def test_pma_with_as_many_seeds_as_elements_keeps_every_seed():
+def test_pma_with_as_many_seeds_as_elements_keeps_every_seed(padding):
     """Nq == Nk must not be mistaken for self-attention (which would treat seeds as padded)."""
     pool = make("pma", num_seeds=N).eval()
     out = pool(sets(), padding(N, [N, 4, 2])).view(B, N, C)
@@ -96,13 +88,3 @@ def test_pma_refuses_an_attention_without_cross_attention(monkeypatch):
     monkeypatch.setitem(ATTENTIONS._entries, "self_only_test", SelfOnly)
     with pytest.raises(ConfigError, match="does not support cross-attention; mechanisms that do: .*softmax"):
         build_pooling("pma", dim=C, attention="self_only_test")
-
-
-# -- config files --------------------------------------------------------------------------------
-@pytest.mark.parametrize("name", ["mean", "max", "cls", "pma", "swe", "cswe"])
-def test_pooling_config_file_holds_the_constructor_defaults(name):
-    path = CONFIGS / f"{name}.yaml"
-    options = yaml.safe_load(path.read_text())["pooling"]
-    resolved = POOLINGS.resolve_options(name, options)  # unknown keys or wrong types raise
-    defaults = {key: option.default for key, option in POOLINGS.options(name).items()}
-    assert resolved == defaults

@@ -339,7 +339,7 @@ def test_scl2205_smoke_through_the_trainer(tmp_path):
 
 
 def test_esm_experiment_composes():
-    from lab.config import load_config
+    from train import load_config
 
     cfg = load_config(["experiment=protein_esm"])
     assert cfg.task.name == "protein" and cfg.model.name == "set_pooler" and cfg.model.options["depth"] == 0

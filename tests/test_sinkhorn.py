@@ -26,14 +26,9 @@ def tensors(*sizes: int, seed: int = 1, scale: float = 1.0) -> list[torch.Tensor
     return [torch.randn(B, H, n, D, generator=g, dtype=F64) * scale for n in sizes]
 
 
-def padding(n: int, valid: list[int]) -> torch.Tensor:
-    """(B, n) True = padding, `valid[b]` valid tokens at the front of row b."""
-    return torch.arange(n)[None, :] >= torch.tensor(valid)[:, None]
-
-
 @pytest.mark.parametrize("iters", [1, 3, 7])
 @pytest.mark.parametrize("nq, nk", [(10, 10), (6, 11)], ids=["self", "cross"])
-def test_odd_iterations_give_exact_row_sums_and_no_mass_on_padding(iters, nq, nk):
+def test_odd_iterations_give_exact_row_sums_and_no_mass_on_padding(iters, nq, nk, padding):
     q, k = tensors(nq, nk, scale=2.0)
     valid_q, valid_k = [nq, nq - 3], [nk, nk - 4]
     matrix = make(iters=iters).attention_matrix(q, k, key_padding_mask=padding(nk, valid_k),
@@ -59,7 +54,7 @@ def test_column_sums_approach_one_as_iterations_grow():
     assert deviations[0] > 0.1 and deviations[-1] < 1e-8, deviations
 
 
-def test_one_iteration_is_softmax_at_temperature_eps():
+def test_one_iteration_is_softmax_at_temperature_eps(padding):
     q, k = tensors(7, 7)
     mask = padding(7, [7, 5])
     eps = 0.5
@@ -70,7 +65,7 @@ def test_one_iteration_is_softmax_at_temperature_eps():
 
 
 @pytest.mark.parametrize("nq, nk, eps", [(9, 9, 1.0), (7, 12, 0.5)], ids=["self", "cross"])
-def test_converged_plan_matches_pot_sinkhorn_log(nq, nk, eps):
+def test_converged_plan_matches_pot_sinkhorn_log(nq, nk, eps, padding):
     """With many half-steps n·P is n times POT's entropic plan on the same cost, valid tokens only."""
     q, k = tensors(nq, nk)
     valid_q, valid_k = [nq, nq - 2], [nk, nk - 3]
@@ -85,7 +80,7 @@ def test_converged_plan_matches_pot_sinkhorn_log(nq, nk, eps):
             np.testing.assert_allclose(matrix[b, h, :n, :m].numpy() / n, plan, atol=1e-6 / (n * m), rtol=1e-6)
 
 
-def test_padded_tokens_change_nothing_and_get_no_gradient():
+def test_padded_tokens_change_nothing_and_get_no_gradient(padding):
     core = make()
     q, k, v = (t.requires_grad_() for t in tensors(8, 8, 8))
     mask = padding(8, [8, 5])
@@ -103,7 +98,7 @@ def test_padded_tokens_change_nothing_and_get_no_gradient():
     torch.testing.assert_close(core(*junk, key_padding_mask=mask), out)
 
 
-def test_sequence_without_valid_keys_attends_to_nothing_without_nan():
+def test_sequence_without_valid_keys_attends_to_nothing_without_nan(padding):
     core = make()
     q, k, v = (t.requires_grad_() for t in tensors(4, 6, 6))
     out = core(q, k, v, key_padding_mask=padding(6, [6, 0]))

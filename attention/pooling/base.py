@@ -8,23 +8,15 @@ Modules may also contribute auxiliary losses and an after-step hook (see `lab/ho
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from torch import Tensor, nn
 
 from lab.registry import Registry
+from lab.registry import Spec as PoolingSpec  # which pooling and its options; name None: the backbone's default
 
 POOLINGS = Registry("pooling")
 register_pooling = POOLINGS.register
-
-
-@dataclass(frozen=True)
-class PoolingSpec:
-    """Which pooling to use and with which options; `name=None` means the backbone's default."""
-
-    name: str | None = None
-    options: dict[str, Any] = field(default_factory=dict)
 
 
 class Pooling(nn.Module):

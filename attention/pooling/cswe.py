@@ -30,6 +30,8 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from lab.registry import ConfigError
+
 from .base import register_pooling
 from .sliced import RELAXATIONS, dense_coupling, quantile_coupling
 from .swe import SlicedSets, SWEPooling
@@ -82,18 +84,17 @@ class ConstrainedSWEPooling(SWEPooling):
                  auto_eps_batches: int = 10, relaxation: Literal["softsort"] = "softsort",
                  relaxation_temperature: float = 1.0, soft_cost_sets: int = 0, constrain_inputs: bool = False):
         super().__init__(dim, num_slices=num_slices, num_refs=num_refs, output=output)
-        if relaxation not in RELAXATIONS:
-            raise ValueError(f"unknown relaxation '{relaxation}'; valid choices: {', '.join(RELAXATIONS)}")
-        if eps != "auto" and (isinstance(eps, str) or eps < 0):
-            raise ValueError(f"eps must be 'auto' or a number >= 0, got {eps!r}")
+        if eps != "auto" and eps < 0:
+            raise ConfigError(f"pooling.eps must be 'auto' or a number >= 0, got {eps!r}")
         for name, value in (("tau", tau), ("relaxation_temperature", relaxation_temperature),
                             ("auto_eps_fraction", auto_eps_fraction), ("auto_eps_batches", auto_eps_batches)):
             if value <= 0:
-                raise ValueError(f"{name} must be > 0, got {value}")
+                raise ConfigError(f"pooling.{name} must be > 0, got {value}")
         if dual_lr < 0:
-            raise ValueError(f"dual_lr must be >= 0, got {dual_lr}")
+            raise ConfigError(f"pooling.dual_lr must be >= 0, got {dual_lr}")
         if soft_cost_sets < 0:
-            raise ValueError(f"soft_cost_sets must be >= 0 (0 = every set of the batch), got {soft_cost_sets}")
+            raise ConfigError(f"pooling.soft_cost_sets must be >= 0 (0 = every set of the batch), "
+                              f"got {soft_cost_sets}")
         self.tau, self.dual_lr, self.relaxation, self.relaxation_temperature = tau, dual_lr, relaxation, \
             relaxation_temperature
         self.auto_eps = eps == "auto"

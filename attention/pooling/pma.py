@@ -13,6 +13,7 @@ import torch
 from torch import Tensor, nn
 
 from attention.multihead import MultiHeadAttention
+from lab.registry import ConfigError
 
 from .base import Pooling, register_pooling
 
@@ -22,7 +23,7 @@ class PMAPooling(Pooling):
     def __init__(self, dim: int, *, num_seeds: int = 1, num_heads: int = 4, attention: str = "softmax"):
         super().__init__(dim)
         if num_seeds < 1:
-            raise ValueError(f"num_seeds must be >= 1, got {num_seeds}")
+            raise ConfigError(f"pooling.num_seeds must be >= 1, got {num_seeds}")
         self.seeds = nn.Parameter(torch.randn(num_seeds, dim) * dim ** -0.5)  # (k, dim)
         self.norm_set = nn.LayerNorm(dim)
         self.attn = MultiHeadAttention(dim, num_heads, attention, cross=True)

@@ -21,11 +21,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from attention.base import at_least_float32
+from lab.registry import ConfigError
 
 from .base import Pooling, register_pooling
 from .sliced import quantile_resample, sort_valid_first, valid_counts
-
-OUTPUTS = ("concat", "flatten")
 
 
 @dataclass
@@ -59,10 +58,9 @@ class SWEPooling(Pooling):
     def __init__(self, dim: int, *, num_slices: int = 32, num_refs: int = 100,
                  output: Literal["concat", "flatten"] = "concat"):
         super().__init__(dim)
-        if output not in OUTPUTS:
-            raise ValueError(f"unknown output '{output}'; valid choices: {', '.join(OUTPUTS)}")
         if num_slices < 1 or num_refs < 1:
-            raise ValueError(f"num_slices and num_refs must be >= 1, got {num_slices} and {num_refs}")
+            raise ConfigError(f"pooling.num_slices and pooling.num_refs must be >= 1, got {num_slices} and "
+                              f"{num_refs}")
         self.num_slices, self.num_refs, self.output = num_slices, num_refs, output
         self.slice_directions = nn.Parameter(nn.init.orthogonal_(torch.empty(num_slices, dim)))  # (L, C)
         self.references = nn.Parameter(torch.randn(num_refs, dim))  # (M, C)

@@ -1,0 +1,73 @@
+"""Properties every registered backbone must have, parametrised over the backbone registry.
+
+A new backbone gets these tests by adding one row to TINY (its data-shaped constructor arguments, small
+options and an example batch); a registered backbone without a row fails, naming what to add.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from attention import AttentionSpec
+from attention.pooling import PoolingSpec
+from backbones import build_backbone, list_backbones
+
+B, NUM_CLASSES = 3, 5
+
+
+def _tokens(g: torch.Generator) -> dict[str, torch.Tensor]:
+    lengths = torch.tensor([12, 9, 5])
+    return {"tokens": torch.randint(1, 11, (B, 12), generator=g),
+            "padding_mask": torch.arange(12)[None, :] >= lengths[:, None]}  # (B, N) True = padding
+
+
+def _features(g: torch.Generator) -> dict[str, torch.Tensor]:
+    lengths = torch.tensor([10, 7, 4])
+    return {"features": torch.randn(B, 10, 6, generator=g),
+            "padding_mask": torch.arange(10)[None, :] >= lengths[:, None]}
+
+
+# name -> (arguments the task supplies, small options, example batch from a generator)
+TINY = {
+    "vit": (dict(image_size=8, in_channels=3), dict(patch_size=4, dim=16, depth=1, num_heads=2),
+            lambda g: {"images": torch.randn(B, 3, 8, 8, generator=g)}),
+    "point_transformer": (dict(in_channels=3), dict(dim=16, depth=1, num_heads=2, neighbours=4, num_tokens=8,
+                                                    head_hidden=16),
+                          lambda g: {"points": torch.rand(B, 20, 3, generator=g) * 2 - 1}),
+    "set_transformer": (dict(in_channels=3), dict(dim=16, depth=1, num_heads=2, num_inducing=4),
+                        lambda g: {"points": torch.rand(B, 20, 3, generator=g) * 2 - 1}),
+    "sequence_encoder": (dict(vocab_size=11, max_length=12), dict(dim=16, depth=1, num_heads=2), _tokens),
+    "set_pooler": (dict(input_dim=6), dict(dim=16, depth=1, num_heads=2), _features),
+}
+
+
+def tiny(name: str):
+    """A small softmax model of backbone `name` with its default pooling, and an example batch."""
+    if name not in TINY:
+        pytest.fail(f"backbone '{name}' is registered but has no row in TINY (tests/test_backbones.py): "
+                    "add its task-supplied arguments, small options and an example batch")
+    supplied, options, batch = TINY[name]
+    torch.manual_seed(0)
+    model = build_backbone(name, num_classes=NUM_CLASSES, attention=AttentionSpec("softmax"),
+                           pooling=PoolingSpec(None), **supplied, **options)
+    return model, batch(torch.Generator().manual_seed(1))
+
+
+@pytest.mark.parametrize("name", list_backbones())
+def test_logits_are_finite_and_gradients_reach_every_parameter(name):
+    model, batch = tiny(name)
+    logits = model(**batch)
+    assert logits.shape == (B, NUM_CLASSES) and torch.isfinite(logits).all()
+    logits.square().sum().backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not missing, f"no gradient reached {missing}"
+
+
+@pytest.mark.parametrize("name", list_backbones())
+def test_each_example_is_classified_independently_of_the_rest_of_the_batch(name):
+    model, batch = tiny(name)
+    model.eval()
+    with torch.no_grad():
+        together = model(**batch)
+        alone = torch.cat([model(**{key: value[i:i + 1] for key, value in batch.items()}) for i in range(B)])
+    torch.testing.assert_close(together, alone, rtol=1e-4, atol=1e-5)
