@@ -5,8 +5,9 @@ arXiv 2509.23436, its BERT/GLUE recipe after Hedgehog) freezes every tensor exce
 added (pivots and mass logits, LUNA's feature map) and trains them so that each block reproduces what
 softmax computes from the same queries and keys:
 
-* `target="attention"`: the row-wise cross-entropy −Σ_j T_ij log S_ij between softmax's rows T (detached)
-  and the mechanism's row-normalised attention matrix S — the recipe's loss; it forms (B, H, n, n) matrices;
+* `target="attention"`: the recipe's row-wise cross-entropy −Σ_j T_ij log S_ij between softmax's rows T
+  (detached) and the mechanism's row-normalised attention matrix S, less T's entropy (so the reported loss is
+  KL(T‖S), 0 at a perfect match; the gradient is the same); it forms (B, H, n, n) matrices;
 * `target="outputs"`: the mean squared error between the mechanism's and softmax's outputs (B, H, n, D),
   which keeps linear mechanisms linear in n.
 
@@ -27,10 +28,11 @@ from .softmax import SoftmaxAttention
 Target = Literal["attention", "outputs"]
 
 
-def attention_row_cross_entropy(teacher: Tensor, student: Tensor) -> Tensor:
-    """Mean over valid query rows of −Σ_j teacher_ij log(student_ij / Σ_j student_ij); both (B, H, Nq, Nk)."""
+def attention_row_kl(teacher: Tensor, student: Tensor) -> Tensor:
+    """Mean over valid query rows of KL(teacher_i ‖ student_i / Σ_j student_ij); both (B, H, Nq, Nk)."""
     student = student / student.sum(-1, keepdim=True).clamp_min(1e-12)
-    per_row = -(teacher * student.clamp_min(1e-12).log()).sum(-1)  # (B, H, Nq)
+    log_ratio = teacher.clamp_min(1e-12).log() - student.clamp_min(1e-12).log()
+    per_row = (teacher * log_ratio).sum(-1)  # (B, H, Nq); terms with teacher_ij = 0 vanish
     valid = teacher.sum(-1) > 0  # padded query rows are all zero
     return per_row[valid].mean()
 
@@ -70,7 +72,7 @@ class SoftmaxDistillation:
         else:
             with torch.no_grad():
                 rows = teacher.dense_attention_matrix(q, k, **masks)  # (B, H, N, N)
-            self.losses.append(attention_row_cross_entropy(rows, core.dense_attention_matrix(q, k, **masks)))
+            self.losses.append(attention_row_kl(rows, core.dense_attention_matrix(q, k, **masks)))
         return teacher_out.to(output.dtype)
 
     def loss(self) -> Tensor:

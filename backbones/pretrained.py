@@ -54,13 +54,22 @@ class InitReport:
 
 
 def compact(names: list[str]) -> str:
-    """`encoder.blocks.0.attn.core.pivots, encoder.blocks.1.attn.core.pivots` -> `encoder.blocks.*.attn.core.pivots`
-    (with a count), so per-layer tensors fit in one line."""
-    patterns: dict[str, int] = {}
+    """Tensor names in one short line: layer indices become `*` with a count, and siblings share their parent:
+    `encoder.blocks.*.attn.core.{pivots, mass_logits} (×12)`."""
+    counts: dict[str, int] = {}
     for name in names:
         pattern = re.sub(r"\.\d+\.", ".*.", name)
-        patterns[pattern] = patterns.get(pattern, 0) + 1
-    return ", ".join(f"{p} (×{n})" if n > 1 else p for p, n in patterns.items())
+        counts[pattern] = counts.get(pattern, 0) + 1
+    siblings: dict[tuple[str, int], list[str]] = {}
+    for pattern, count in counts.items():
+        parent, _, leaf = pattern.rpartition(".")
+        siblings.setdefault((parent, count), []).append(leaf)
+    parts = []
+    for (parent, count), leaves in siblings.items():
+        leaf = leaves[0] if len(leaves) == 1 else "{" + ", ".join(leaves) + "}"
+        name = f"{parent}.{leaf}" if parent else leaf
+        parts.append(f"{name} (×{count})" if count > 1 else name)
+    return ", ".join(parts)
 
 
 def attention_core_prefixes(model: nn.Module) -> tuple[str, ...]:

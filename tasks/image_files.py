@@ -14,11 +14,12 @@ import math
 from dataclasses import dataclass
 from typing import Literal
 
+import numpy as np
 import torch
 import torchvision.transforms.v2.functional as TF
+from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
-from torchvision.io import ImageReadMode, decode_image
 
 from lab.download import DataError
 from lab.runtime import step_seed
@@ -36,11 +37,14 @@ class Pipeline:
 
 
 def decode(path: str) -> Tensor:
-    """uint8 (3, H, W) RGB from a JPEG/PNG file (greyscale and CMYK converted)."""
+    """uint8 (3, H, W) RGB from an image file, read by PIL as torchvision's ImageFolder does (greyscale, CMYK
+    and palette images converted; torchvision.io's decoders are deprecated since 0.29)."""
     try:
-        return decode_image(path, mode=ImageReadMode.RGB)
-    except (RuntimeError, OSError) as error:
+        with Image.open(path) as image:
+            pixels = np.array(image.convert("RGB"))  # (H, W, 3) uint8
+    except OSError as error:  # includes PIL.UnidentifiedImageError
         raise DataError(f"cannot decode image {path} ({str(error).splitlines()[0]})") from None
+    return torch.from_numpy(pixels).permute(2, 0, 1)
 
 
 def random_resized_crop_box(height: int, width: int, min_scale: float, generator: torch.Generator,
