@@ -76,6 +76,9 @@ class Trainer:
 
     def __init__(self, cfg: Config):
         self.cfg, tc = cfg, cfg.trainer
+        if tc.stage1_steps < 0 or tc.stage1_lr <= 0:
+            raise ConfigError(f"trainer.stage1_steps must be >= 0 and trainer.stage1_lr > 0, got {tc.stage1_steps} "
+                              f"and {tc.stage1_lr}")
         self.device = select_device(cfg.device)
         self.dist = Distributed(self.device)
         self.task = build_task(cfg.task.name, data_root=Path(cfg.data.root), download=cfg.data.download,
@@ -342,7 +345,6 @@ class Trainer:
             tracker.log_text(cfg.to_yaml(), "config.yaml")
         self._print(f"{cfg.run_name}: {num_params / 1e6:.2f}M parameters on {self.device}, "
                     f"{self.planned_steps} optimizer steps ({self.steps_per_epoch}/epoch), checkpoints in {self.run_dir}")
-
 
     # -- post-hoc conversion: init= and LOTFormer's stage 1 -----------------------------------------
     def _load_init(self) -> None:

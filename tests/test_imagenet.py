@@ -224,9 +224,15 @@ def test_softmax_run_learns_and_its_checkpoint_converts_with_init(tmp_path, lear
     assert [m.step for m in client.get_metric_history(luna.info.run_id, "stage1/loss")] == [1, 2]
     assert client.get_metric_history(luna.info.run_id, "val/accuracy")[0].step == 0
 
+    # ESP adds no tensors: a stage 1 has nothing to fit, refused before anything is written
+    assert train.main(run_args(tmp_path / "esp", learnable_root, "attention=esp", f"init={best}",
+                               "trainer.stage1_steps=2")) == 2
+    assert not (tmp_path / "esp").exists()
+
 
 @pytest.mark.parametrize("extra, message", [
     (["attention=luna", "trainer.stage1_steps=2"], "trainer.stage1_steps .* needs init="),
+    (["attention=luna", "trainer.stage1_steps=-1"], "trainer.stage1_steps must be >= 0"),
     (["attention=softmax", "init=/no/such/best.pt"], "init checkpoint /no/such/best.pt does not exist"),
 ])
 def test_conversion_mistakes_exit_2_before_anything_is_written(tmp_path, learnable_root, capsys, extra, message):
