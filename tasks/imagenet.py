@@ -77,10 +77,12 @@ class ImageNet(ClassificationTask):
         train). A missing archive: one line naming it and where to put it."""
         if cls.is_prepared(root):
             return
-        for archive in cls.archives:
-            if not (root / archive).exists():
-                raise DataError(f"ImageNet archive {archive} not found: ImageNet cannot be downloaded automatically; "
-                                f"download it from {DOWNLOAD_PAGE} (free account) and put it in {root.resolve()}")
+        missing = [archive for archive in cls.archives if not (root / archive).exists()]
+        if missing:
+            raise DataError(f"ImageNet archive{'s' * (len(missing) > 1)} {', '.join(missing)} not found: ImageNet "
+                            f"cannot be downloaded automatically; download {'them' if len(missing) > 1 else 'it'} "
+                            f"from {DOWNLOAD_PAGE} (free account) and put {'them' if len(missing) > 1 else 'it'} "
+                            f"in {root.resolve()}")
         for split in ("train", "val"):
             cls._torchvision_split(root, split)
 

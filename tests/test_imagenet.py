@@ -89,11 +89,13 @@ def test_task_reads_both_layouts_with_a_seeded_validation_split(synthetic_root, 
 
 def test_missing_archive_is_one_line_and_exit_2(tmp_path, capsys):
     (tmp_path / "data" / "imagenet").mkdir(parents=True)
+    (tmp_path / "data" / "imagenet" / "ILSVRC2012_img_train.tar").touch()  # present: not named
     code = train.main(["task=imagenet", f"data.root={tmp_path}/data", f"output_dir={tmp_path}/runs",
                        f"tracking.uri=sqlite:///{tmp_path}/mlflow.db"])
     err = capsys.readouterr().err.strip()
     assert code == 2 and len(err.splitlines()) == 1
-    assert "ILSVRC2012_devkit_t12.tar.gz" in err and str((tmp_path / "data" / "imagenet").resolve()) in err
+    assert "archives ILSVRC2012_devkit_t12.tar.gz, ILSVRC2012_img_val.tar not found" in err
+    assert "ILSVRC2012_img_train.tar" not in err and err.endswith(f"in {(tmp_path / 'data' / 'imagenet').resolve()}")
     assert not (tmp_path / "runs").exists() and not (tmp_path / "mlflow.db").exists()
 
 
