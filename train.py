@@ -18,6 +18,7 @@ the last good checkpoint. The final test metrics come from the best validation c
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
 import math
 import sys
@@ -26,9 +27,11 @@ from pathlib import Path
 
 import torch
 
+from attention.distill import fit_to_softmax
 from attention.pooling.base import POOLINGS
 from attention.registry import ATTENTIONS
 from backbones import BACKBONES
+from backbones.pretrained import InitReport, load_initial_weights
 from lab import config
 from lab.checkpoint import find_resumable, load_checkpoint, new_run_dir, save_checkpoint
 from lab.config import ComponentGroup, Config
@@ -73,6 +76,9 @@ class Trainer:
 
     def __init__(self, cfg: Config):
         self.cfg, tc = cfg, cfg.trainer
+        if tc.stage1_steps < 0 or tc.stage1_lr <= 0:
+            raise ConfigError(f"trainer.stage1_steps must be >= 0 and trainer.stage1_lr > 0, got {tc.stage1_steps} "
+                              f"and {tc.stage1_lr}")
         self.device = select_device(cfg.device)
         self.dist = Distributed(self.device)
         self.task = build_task(cfg.task.name, data_root=Path(cfg.data.root), download=cfg.data.download,
@@ -92,9 +98,13 @@ class Trainer:
         self.run_id: str | None = None
         self.run_dir: Path | None = None
         self._maybe_resume()
+        self.init_report: InitReport | None = None
+        if cfg.init and self.run_dir is None:  # a resumed run continues from its own checkpoint instead
+            self._load_init()
+        elif tc.stage1_steps and self.run_dir is None:
+            raise ConfigError("trainer.stage1_steps fits the tensors a new attention adds to trained weights: "
+                              "it needs init=<checkpoint or torchvision:vit_b_16>")
         self.train_model = self.model
-        if self.dist.world_size > 1:
-            self.train_model = torch.nn.parallel.DistributedDataParallel(self.model)
 
     # -- checkpoints ----------------------------------------------------------------------------
     def _maybe_resume(self) -> None:
@@ -197,6 +207,8 @@ class Trainer:
             sampler = EpochBatchSampler(len(train_set), tc.batch_size, shuffle=True, seed=cfg.seed, epoch=self.epoch,
                                         start=self.batch_in_epoch, rank=self.dist.rank,
                                         world_size=self.dist.world_size)
+            if hasattr(train_set, "set_epoch"):  # per-example augmentation in the loader (tasks/image_files.py)
+                train_set.set_epoch(self.epoch, cfg.seed)
             loader = make_loader(train_set, sampler, self.task.collate, tc.num_workers, self.device)
             progress = self._progress_bar()
             for batch in loader:
@@ -291,6 +303,12 @@ class Trainer:
         stop = StopSignal()
         try:
             self._log_run_info(tracker, fresh)
+            if fresh and self.init_report is not None:
+                if cfg.trainer.stage1_steps:
+                    self._fit_new_attention(tracker)
+                self._validate(tracker)  # the initial weights' score, at step 0
+            if self.dist.world_size > 1:  # wrapped after stage 1: DDP starts every rank from rank 0's weights
+                self.train_model = torch.nn.parallel.DistributedDataParallel(self.model)
             outcome = self._train(tracker, stop)
             if outcome == "stopped":
                 tracker.end("KILLED")
@@ -321,10 +339,60 @@ class Trainer:
                           "pooling": cfg.pooling.name or "default", "backbone": cfg.model.name,
                           "git_commit": git_commit(), "device": str(self.device), "run_dir": str(self.run_dir),
                           "world_size": self.dist.world_size})
+        if self.init_report is not None:
+            tracker.set_tags(self.init_report.tags())
         if fresh:
             tracker.log_text(cfg.to_yaml(), "config.yaml")
         self._print(f"{cfg.run_name}: {num_params / 1e6:.2f}M parameters on {self.device}, "
                     f"{self.planned_steps} optimizer steps ({self.steps_per_epoch}/epoch), checkpoints in {self.run_dir}")
+
+    # -- post-hoc conversion: init= and LOTFormer's stage 1 -----------------------------------------
+    def _load_init(self) -> None:
+        """Load `init` into the model (backbones/pretrained.py); every refusal happens here, before MLflow."""
+        self.init_report = load_initial_weights(self.model, self.cfg.init)
+        check = getattr(self.task, "check_preprocessing", None)
+        if self.init_report.preprocessing and check is not None:
+            check(self.init_report.preprocessing, self.init_report.source)
+        if self.cfg.trainer.stage1_steps and not self._new_parameters():
+            raise ConfigError(f"trainer.stage1_steps: attention '{self.cfg.attention.name}' adds no trainable "
+                              f"tensors to {self.cfg.init}; nothing to fit")
+        self._print(self.init_report.summary())
+
+    def _new_parameters(self) -> list[torch.nn.Parameter]:
+        new = set(self.init_report.new)
+        return [p for name, p in self.model.named_parameters() if name in new]
+
+    def _fit_new_attention(self, tracker: Tracker) -> None:
+        """Stage 1 (attention/distill.py): only the new attention tensors learn, to reproduce softmax."""
+        cfg, tc = self.cfg, self.cfg.trainer
+        train_set = self.splits["train"]
+
+        def batches():  # epochs -1, -2, ...: orders and crops of their own, apart from stage 2's
+            for epoch in itertools.count(-1, -1):
+                if hasattr(train_set, "set_epoch"):
+                    train_set.set_epoch(epoch, cfg.seed)
+                sampler = EpochBatchSampler(len(train_set), tc.batch_size, shuffle=True, seed=cfg.seed, epoch=epoch,
+                                            rank=self.dist.rank, world_size=self.dist.world_size)
+                yield from make_loader(train_set, sampler, self.task.collate, tc.num_workers, self.device)
+
+        stream = batches()
+
+        def forward(step: int) -> None:
+            generator = torch.Generator().manual_seed(step_seed(cfg.seed, -1, step))
+            with autocast_context(self.device, tc.precision):
+                self.task.training_loss(self.model, to_device(next(stream), self.device), generator)
+
+        def report(step: int, loss: float) -> None:
+            tracker.log_metrics({"stage1/loss": loss}, step)
+            if step % tc.log_every == 0 or step == tc.stage1_steps:
+                self._print(f"stage 1 step {step}/{tc.stage1_steps}: {tc.stage1_target} loss {loss:.4f}")
+
+        self.model.train()
+        try:
+            fit_to_softmax(self.model, self._new_parameters(), steps=tc.stage1_steps, lr=tc.stage1_lr,
+                           target=tc.stage1_target, forward=forward, report=report)
+        finally:
+            stream.close()
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -2,6 +2,10 @@
 
 Conv patch embedding, learned positions, an optional CLS token (prepended when the pooling reads it),
 pre-LN blocks, pooling from the registry, linear head. CIFAR preset: patch 4 -> 64 tokens.
+
+With `mlp_ratio=4`, `qkv_bias=True`, `norm_eps=1e-6` and CLS pooling (the default pooling) it is exactly
+torchvision's `VisionTransformer` / DeiT's ViT (ImageNet presets `imagenet_vit_s16`, `imagenet_vit_b16`), so
+their weights load into it (`backbones.torchvision_vit`). Defaults are the lab's CIFAR setting.
 """
 from __future__ import annotations
 
@@ -20,17 +24,21 @@ from .blocks import Encoder
 class ViT(nn.Module):
     def __init__(self, *, num_classes: int, image_size: int, in_channels: int, attention: AttentionSpec,
                  pooling: PoolingSpec, patch_size: int = 4, dim: int = 192, depth: int = 6,
-                 num_heads: int = 4, mlp_ratio: float = 2.0, dropout: float = 0.0):
+                 num_heads: int = 4, mlp_ratio: float = 2.0, dropout: float = 0.0, qkv_bias: bool = False,
+                 norm_eps: float = 1e-5):
         super().__init__()
         if image_size % patch_size:
             raise ConfigError(f"image_size {image_size} is not divisible by model.patch_size {patch_size}")
+        if norm_eps <= 0:
+            raise ConfigError(f"model.norm_eps must be > 0, got {norm_eps}")
         self.patch_embed = nn.Conv2d(in_channels, dim, kernel_size=patch_size, stride=patch_size)
         num_patches = (image_size // patch_size) ** 2
         self.pool = build_pooling(pooling if pooling.name else PoolingSpec("cls", pooling.options), dim=dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim)) if self.pool.needs_cls_token else None
         num_tokens = num_patches + (1 if self.cls_token is not None else 0)
         self.pos_embed = nn.Parameter(torch.randn(1, num_tokens, dim) * 0.02)
-        self.encoder = Encoder(dim, depth, num_heads, attention, mlp_ratio=mlp_ratio, dropout=dropout)
+        self.encoder = Encoder(dim, depth, num_heads, attention, mlp_ratio=mlp_ratio, dropout=dropout,
+                               qkv_bias=qkv_bias, norm_eps=norm_eps)
         self.head = nn.Linear(self.pool.output_dim, num_classes)
 
     def forward(self, images: Tensor) -> Tensor:

@@ -68,6 +68,10 @@ class TrainerConfig:
     eval_every: int = 0  # optimizer steps between validations; 0 = after every epoch
     log_every: int = 10  # optimizer steps between train/* metric logs
     num_workers: int = 0  # DataLoader worker processes
+    # LOTFormer's two-stage conversion (with `init`): stage 1 fits only the tensors the new attention adds
+    stage1_steps: int = 0  # stage 1 steps before ordinary training (stage 2); 0 = no stage 1
+    stage1_lr: float = 1e-3  # stage 1's constant Adam learning rate
+    stage1_target: Literal["attention", "outputs"] = "attention"  # match softmax's attention rows (n x n) or outputs
 
 
 @dataclass
@@ -90,6 +94,7 @@ class Config:
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     resume: str | None = "auto"  # auto: continue the latest interrupted run with this name and config; PATH: that checkpoint; null: fresh
     output_dir: str = "runs"  # checkpoints go to <output_dir>/<run name>/<timestamp>/
+    init: str | None = None  # start from trained weights: torchvision:<vit name>[.<weights>] or a checkpoint path
     components: dict[str, Spec] = field(default_factory=dict)  # one per component group: cfg.task, cfg.model ...
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     data: DataConfig = field(default_factory=DataConfig)

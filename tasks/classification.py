@@ -1,5 +1,5 @@
 """Shared pieces of every classification task: cross-entropy, accuracy, mean class accuracy,
-macro-F1 and a confusion-matrix figure."""
+macro-F1, top-k accuracy (for tasks that list `top_k`) and a confusion-matrix figure."""
 from __future__ import annotations
 
 from functools import partial
@@ -23,6 +23,7 @@ def model_inputs(batch: dict[str, Tensor]) -> dict[str, Tensor]:
 class ClassificationTask(Task):
     monitor = "accuracy"
     class_names: Sequence[str] = ()
+    top_k: tuple[int, ...] = ()  # also report `top{k}` accuracy (e.g. ImageNet's top-5)
 
     @property
     def num_classes(self) -> int:
@@ -49,13 +50,18 @@ class ClassificationTask(Task):
     def eval_step(self, model, batch):
         batch = self.transform(batch, None)
         logits = model(**model_inputs(batch)).float()
-        return {"predictions": logits.argmax(-1), "labels": batch["labels"],
-                "loss": F.cross_entropy(logits, batch["labels"], reduction="none")}
+        outputs = {"predictions": logits.argmax(-1), "labels": batch["labels"],
+                   "loss": F.cross_entropy(logits, batch["labels"], reduction="none")}
+        for k in self.top_k:
+            top = logits.topk(min(k, logits.shape[-1]), dim=-1).indices  # (B, k)
+            outputs[f"top{k}"] = (top == batch["labels"][:, None]).any(-1)
+        return outputs
 
     def metrics(self, outputs, split):
         confusion = confusion_matrix(outputs["predictions"], outputs["labels"], self.num_classes)
         draw = partial(plot_confusion_matrix, confusion, self.class_names, split)
-        return Evaluation(metrics={**classification_metrics(confusion), "loss": outputs["loss"].mean().item()},
+        top_k = {f"top{k}": outputs[f"top{k}"].float().mean().item() for k in self.top_k}
+        return Evaluation(metrics={**classification_metrics(confusion), **top_k, "loss": outputs["loss"].mean().item()},
                           figures={"confusion_matrix": draw})
 
 
