@@ -27,3 +27,4 @@ from . import point_transformer  # noqa: E402,F401
 from . import set_transformer  # noqa: E402,F401
 from . import sequence_encoder  # noqa: E402,F401
 from . import set_pooler  # noqa: E402,F401
+from . import seq2seq  # noqa: E402,F401

@@ -22,3 +22,4 @@ def list_tasks(pattern: str = "*") -> list[str]:
 from . import cifar  # noqa: E402,F401
 from . import modelnet  # noqa: E402,F401
 from . import protein  # noqa: E402,F401
+from . import iwslt14  # noqa: E402,F401
