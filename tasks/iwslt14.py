@@ -203,20 +203,21 @@ class Iwslt14(Task):
         else:
             hypotheses = beam_search(*arguments, beam_size=beam_size, length_penalty=self.length_penalty,
                                      bos=BOS_ID, eos=EOS_ID, pad=PAD_ID)
-        return {"index": batch["index"], "hypothesis": F.pad(hypotheses, (0, self.max_length - hypotheses.shape[1]),
-                                                             value=PAD_ID),
-                "nll": nll, "tokens": (labels != PAD_ID).sum(dim=1)}
+        hypotheses = F.pad(hypotheses, (0, self.max_length - hypotheses.shape[1]), value=PAD_ID)  # (B, max_length)
+        return {"index": batch["index"], "hypothesis": hypotheses, "nll": nll, "tokens": (labels != PAD_ID).sum(dim=1)}
 
     def metrics(self, outputs, split):
         order = outputs["index"].argsort()
         indices = outputs["index"][order].tolist()
-        hypotheses = [self.subword.decode([t for t in row.tolist() if t != PAD_ID]) for row in outputs["hypothesis"][order]]
+        hypotheses = [self.subword.decode([t for t in row.tolist() if t != PAD_ID])
+                      for row in outputs["hypothesis"][order]]
         sources = [self.text[split][self.source][i] for i in indices]
         references = [self.text[split][self.target][i] for i in indices]
         bleu, signature = detokenized_bleu(hypotheses, references)
         loss = (outputs["nll"].sum() / outputs["tokens"].sum().clamp_min(1)).item()
         metrics = {"bleu": bleu, "bleu_tok": tokenized_bleu(hypotheses, references, self.target), "loss": loss,
                    "perplexity": math.exp(min(loss, 50.0))}
-        table = "".join(f"{s}\t{r}\t{h}\n" for s, r, h in zip(sources, references, hypotheses))
-        return Evaluation(metrics=metrics, texts={f"translations_{split}.tsv": "source\treference\thypothesis\n" + table},
+        table = "source\treference\thypothesis\n" + "".join(
+            f"{s}\t{r}\t{h}\n" for s, r, h in zip(sources, references, hypotheses))
+        return Evaluation(metrics=metrics, texts={f"translations_{split}.tsv": table},
                           tags={"sacrebleu_signature": signature})

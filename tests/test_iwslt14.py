@@ -122,3 +122,77 @@ def test_tokenized_bleu_is_the_definition_over_lowercased_moses_tokens():
              "It was not unexpected.": "it was not unexpected .", "The man bit him first.": "the man bit him first ."}
     expected = definition_bleu([moses[h].split() for h in HYPOTHESES], [moses[r].split() for r in REFERENCES])
     assert tokenized_bleu(HYPOTHESES, REFERENCES, "en") == pytest.approx(expected, abs=1e-9)
+
+
+# -- the task -----------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def data_root(tmp_path_factory, release):
+    root = tmp_path_factory.mktemp("data")
+    (root / "iwslt14").mkdir()
+    (root / "iwslt14" / "de-en.tgz").write_bytes(release[0].read_bytes())
+    return root
+
+
+def test_metrics_decode_subword_ids_and_score_them_in_the_original_order(data_root):
+    task = Iwslt14(data_root=data_root, download=False, val_subset=0)
+    task.setup()
+    references = task.text["val"]["en"]
+    wrong = references[1:] + references[:1]  # every other hypothesis is another sentence's reference
+    expected = [r if i % 2 == 0 else w for i, (r, w) in enumerate(zip(references, wrong))]
+    assert [task.subword.decode(task.subword.encode(t)) for t in expected] == expected, "SentencePiece round trip"
+    rows = [torch.tensor(task.subword.encode(text)) for text in expected]
+    hypotheses = torch.full((len(rows), task.max_length), PAD_ID)
+    for i, row in enumerate(rows):
+        hypotheses[i, :len(row)] = row
+    shuffled = torch.randperm(len(rows))  # outputs arrive in batch (length-sorted) order, not corpus order
+    outputs = {"index": shuffled, "hypothesis": hypotheses[shuffled], "nll": torch.ones(len(rows)),
+               "tokens": torch.full((len(rows),), 4)}
+    evaluation = task.metrics(outputs, "val")
+    assert evaluation.metrics["bleu"] == pytest.approx(sacrebleu.corpus_bleu(expected, [references]).score)
+    assert 20 < evaluation.metrics["bleu"] < 90
+    assert evaluation.metrics["loss"] == pytest.approx(0.25)
+    table = evaluation.texts["translations_val.tsv"].splitlines()
+    assert table[0] == "source\treference\thypothesis" and len(table) == len(references) + 1
+    assert table[1].split("\t") == [task.text["val"]["de"][0], references[0], expected[0]]
+
+
+def test_batches_end_sources_with_eos_and_shift_targets(data_root):
+    task = Iwslt14(data_root=data_root, download=False)
+    task.setup()
+    batch = task.collate([task.splits["train"][i] for i in range(4)])
+    lengths = (~batch["source_padding_mask"]).sum(1)
+    assert (batch["source_tokens"][torch.arange(4), lengths - 1] == EOS_ID).all()
+    assert torch.equal(batch["target_tokens"][:, 1:].masked_fill(batch["target_padding_mask"][:, 1:], PAD_ID),
+                       batch["labels"][:, :-1].masked_fill(batch["labels"][:, :-1] == EOS_ID, PAD_ID))
+
+
+def run_args(tmp: Path, data_root: Path, *extra: str) -> list[str]:
+    return ["task=iwslt14", "attention=softmax", f"data.root={data_root}", f"output_dir={tmp}/runs",
+            f"tracking.uri=sqlite:///{tmp}/mlflow.db", "tracking.system_metrics=false", *extra]
+
+
+def test_a_non_causal_decoder_exits_2_in_one_line_and_writes_nothing(tmp_path, data_root, capsys):
+    assert train.main(run_args(tmp_path, data_root, "model.decoder_attention=esp")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "decoder_attention=esp" in err[0] and "linear, luna, performer, softmax" in err[0]
+    assert not (tmp_path / "mlflow.db").exists() and not (tmp_path / "runs").exists()
+
+
+def test_a_short_run_learns_and_is_tracked_with_bleu_signature_and_samples(tmp_path, data_root):
+    from mlflow.tracking import MlflowClient
+
+    tiny = ["model.dim=64", "model.encoder_depth=1", "model.decoder_depth=1", "model.num_heads=2", "trainer.epochs=3",
+            "trainer.batch_size=32", "trainer.lr=3e-3", "trainer.schedule=inverse_sqrt", "trainer.warmup_steps=20",
+            "task.val_subset=40", "task.beam_size=2", "trainer.log_every=5"]
+    assert train.main(run_args(tmp_path, data_root, *tiny)) == 0
+    client = MlflowClient(f"sqlite:///{tmp_path}/mlflow.db")
+    (run,) = client.search_runs([client.get_experiment_by_name("iwslt14").experiment_id])
+    assert run.info.status == "FINISHED"
+    metrics = run.data.metrics
+    assert {"val/bleu", "val/bleu_tok", "test/bleu", "test/bleu_tok", "test/loss"} <= set(metrics)
+    val_loss = [m.value for m in client.get_metric_history(run.info.run_id, "val/loss")]
+    assert len(val_loss) == 3 and val_loss[-1] < 0.8 * val_loss[0]
+    assert run.data.tags["sacrebleu_signature"].startswith("nrefs:1|case:mixed|eff:no|tok:13a|smooth:exp")
+    path = client.download_artifacts(run.info.run_id, "samples/translations_test.tsv", str(tmp_path))
+    lines = Path(path).read_text().splitlines()
+    assert lines[0] == "source\treference\thypothesis" and len(lines) == SMALL["test_segments"] * 5 + 1
