@@ -4,15 +4,14 @@
                              [--batch 8] [--dim 256] [--heads 4] [--repeats 50] [--threads 1]
 
 For each mechanism and prefix length L, a causal `MultiHeadAttention` (projections included) first takes the
-L-token prefix in one `step` (prefill); then one more token's `step` from that state is timed (the median of
-`repeats`, each from the same state). Softmax attends over its L cached keys (O(L) per token, a cache that
+L-token prefix in one `step` (prefill); then one more token's `step` from that state is timed: the fastest of
+`repeats` steps from the same state (the one least disturbed by other load on a shared machine). Softmax attends over its L cached keys (O(L) per token, a cache that
 grows by one token a step); luna, linear and performer update a state of fixed size (O(1) per token).
 Prints milliseconds per token and the growth relative to the shortest prefix, plus the state's size.
 """
 from __future__ import annotations
 
 import argparse
-import statistics
 import time
 
 import torch
@@ -31,14 +30,14 @@ def step_time(name: str, prefix: int, *, batch: int, dim: int, heads: int, repea
     block = MultiHeadAttention(dim, heads, name, causal=True).eval()
     _, state = block.step(torch.randn(batch, prefix, dim), None)  # prefill
     token = torch.randn(batch, 1, dim)
-    for _ in range(3):  # warm-up
+    for _ in range(10):  # warm-up
         block.step(token, state)
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         block.step(token, state)
         times.append(time.perf_counter() - start)
-    return statistics.median(times), state_bytes(state)
+    return min(times), state_bytes(state)
 
 
 def main(argv: list[str] | None = None) -> None:
