@@ -116,3 +116,19 @@ def test_a_non_causal_decoder_or_cross_attention_is_refused_naming_the_causal_on
         model(cross_attention="lotformer")
     with pytest.raises(ConfigError, match=r"model.decoder_attention: unknown attention 'sofmax'"):
         model(decoder_attention="sofmax")
+
+
+def test_gradients_reach_every_parameter_and_padding_changes_nothing_valid():
+    net = model(encoder="lotformer").float().train()
+    source, padding = source_batch()
+    target = torch.randint(4, 13, (3, 6), generator=torch.Generator().manual_seed(4))
+    target_padding = torch.arange(6)[None, :] >= torch.tensor([6, 3, 5])[:, None]
+    logits = net(source, target, padding, target_padding)
+    logits.masked_fill(target_padding[..., None], 0.0).square().sum().backward()
+    missing = [n for n, p in net.named_parameters() if p.grad is None or not p.grad.abs().sum() > 0]
+    assert not missing, f"no gradient reached {missing}"
+    net.eval()
+    with torch.no_grad():  # one sentence alone, unpadded, gets the logits it gets in the padded batch
+        alone = net(source[1:2, :4], target[1:2, :3])
+        together = net(source, target, padding, target_padding)[1:2, :3]
+    torch.testing.assert_close(alone, together, rtol=1e-5, atol=1e-6)
