@@ -145,10 +145,11 @@ class Trainer:
                                     rank=self.dist.rank, world_size=self.dist.world_size)
         loader = make_loader(dataset, sampler, self.task.collate, self.cfg.trainer.num_workers, self.device)
         self.model.eval()
+        eval_step = self.task.eval_step_for(split)
         parts: dict[str, list[torch.Tensor]] = {}
         for batch in loader:
             with autocast_context(self.device, self.cfg.trainer.precision):
-                out = self.task.eval_step(self.model, to_device(batch, self.device))
+                out = eval_step(self.model, to_device(batch, self.device))
             for key, value in out.items():
                 parts.setdefault(key, []).append(value.detach().float().cpu() if value.is_floating_point()
                                                  else value.detach().cpu())
@@ -283,6 +284,10 @@ class Trainer:
         evaluation = self.evaluate("test")
         metrics = {f"test/{k}": v for k, v in evaluation.metrics.items()}
         tracker.log_metrics(metrics, self.step)
+        for name, text in evaluation.texts.items():
+            tracker.log_text(text, f"samples/{name}")
+        if evaluation.tags:
+            tracker.set_tags(evaluation.tags)
         if self.dist.is_main:
             for name, draw in evaluation.figures.items():
                 tracker.log_figure(draw(), f"figures/{name}_test.png")

@@ -13,6 +13,9 @@ Conventions, enforced here so each mechanism only writes its math (`_attend`, `_
   do raises; nothing silently falls back.
 * With `compute_in_float32` (the default) the core runs in float32 with autocast disabled, because
   iterative normalisations are not stable in half precision; the output is cast back.
+* Incremental decoding: every mechanism that `supports_causal` also implements
+  `step(q, k, v, state) -> (out, state)`, causal attention of the newest tokens after those summarised in
+  `state` (softmax: a KV cache; the linear mechanisms: a constant-size recurrent state).
 """
 from __future__ import annotations
 
@@ -56,6 +59,17 @@ class AttentionCore(nn.Module):
         else:
             out = self._attend(q, k, v, key_padding_mask, query_padding_mask, causal)
         return zero_padded_rows(out, query_padding_mask)
+
+    def step(self, q: Tensor, k: Tensor, v: Tensor, state=None,
+             key_padding_mask: Tensor | None = None) -> tuple[Tensor, object]:
+        """Causal attention of T new tokens (B, H, T, D) after the tokens summarised in `state`.
+
+        `state=None` starts a sequence; returns the output (B, H, T, D) and the state that now includes
+        the new tokens. Padded new tokens (`key_padding_mask` (B, T), True = padding) produce zero rows
+        and are never attended to. Stepping through a sequence equals the causal `forward` over it.
+        """
+        name = getattr(type(self), "registry_name", type(self).__name__)
+        raise NotImplementedError(f"attention '{name}' has no incremental (decoding) form")
 
     @torch.no_grad()
     def attention_matrix(self, q: Tensor, k: Tensor, key_padding_mask: Tensor | None = None,

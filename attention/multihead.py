@@ -4,11 +4,16 @@ Backbones never talk to a core directly; they build `MultiHeadAttention(dim, hea
 where `attention` is a registry name, an `AttentionSpec` (name + options) or an `AttentionCore`
 subclass. Whether the block is causal or cross-attention is stated here, at construction, so an
 incapable mechanism is refused before training starts.
+
+Decoding: `step(x, state)` runs the newest positions only. For causal self-attention the state is the
+core's (a KV cache or a recurrent state, see `AttentionCore.step`); for cross-attention it is the
+projected keys and values of the fixed context, computed at the first step and reused.
 """
 from __future__ import annotations
 
 from typing import Any
 
+import torch
 from torch import Tensor, nn
 
 from lab.registry import ConfigError
@@ -69,10 +74,37 @@ class MultiHeadAttention(nn.Module):
         if context is None and key_padding_mask is not None and query_padding_mask is None:
             query_padding_mask = key_padding_mask
         q, k, v = self._project(x, context)
+        if context is not None and key_padding_mask is not None and query_padding_mask is None:
+            query_padding_mask = no_padding(q)  # the context's padding says nothing about the queries
         out = self.core(q, k, v, key_padding_mask=key_padding_mask, causal=self.causal,
                         query_padding_mask=query_padding_mask)  # (B, H, Nq, D)
+        return self._merge(out)
+
+    def _merge(self, out: Tensor) -> Tensor:
         b, _, n, _ = out.shape
         return self.to_out(out.transpose(1, 2).reshape(b, n, -1))  # (B, Nq, dim)
+
+    def step(self, x: Tensor, state=None, context: Tensor | None = None,
+             key_padding_mask: Tensor | None = None) -> tuple[Tensor, object]:
+        """Attention of the newest positions x (B, T, dim) for incremental decoding -> (out (B, T, dim), state).
+
+        Causal self-attention: `state` summarises the earlier positions (None at the first step).
+        Cross-attention: `context` (B, M, context_dim) and its `key_padding_mask` (B, M) are needed at the
+        first step only; the state keeps their projected keys and values.
+        """
+        q = self._heads(self.to_q(x))  # (B, H, T, D)
+        if self.cross:
+            if state is None:
+                state = tuple(self._heads(t) for t in self.to_kv(context).chunk(2, dim=-1)) + (key_padding_mask,)
+            k, v, context_mask = state
+            query_mask = None if context_mask is None else no_padding(q)
+            out = self.core(q, k, v, key_padding_mask=context_mask, query_padding_mask=query_mask)
+            return self._merge(out), state
+        if not self.causal:
+            raise ValueError("incremental decoding needs causal self-attention or cross-attention")
+        k, v = (self._heads(t) for t in self.to_kv(x).chunk(2, dim=-1))  # (B, H, T, D) each
+        out, state = self.core.step(q, k, v, state, key_padding_mask=key_padding_mask)
+        return self._merge(out), state
 
     def attention_maps(self, x: Tensor, context: Tensor | None = None,
                        key_padding_mask: Tensor | None = None) -> Tensor:
@@ -81,3 +113,8 @@ class MultiHeadAttention(nn.Module):
         query_mask = key_padding_mask if context is None else None
         return self.core.attention_matrix(q, k, key_padding_mask=key_padding_mask, causal=self.causal,
                                           query_padding_mask=query_mask)
+
+
+def no_padding(q: Tensor) -> Tensor:
+    """An all-valid query padding mask (B, Nq) for queries q (B, H, Nq, D)."""
+    return torch.zeros(q.shape[0], q.shape[2], dtype=torch.bool, device=q.device)

@@ -1,18 +1,28 @@
 """Softmax (dot-product) attention, Vaswani et al. 2017: the baseline every mechanism is compared to.
 
 Fast path: `F.scaled_dot_product_attention` (fused kernels, O(N) memory where the backend allows).
-`attention_matrix` is the readable manual form softmax(q kᵀ / √d) beside it.
+`attention_matrix` is the readable manual form softmax(q kᵀ / √d) beside it. Decoding (`step`) keeps a
+KV cache: the keys and values of every earlier token, so a step costs O(prefix) and the cache grows.
 """
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .base import AttentionCore, allowed_keys
+from .base import AttentionCore, allowed_keys, zero_padded_rows
 from .registry import register_attention
+
+
+class KVCache(NamedTuple):
+    """The keys and values of every token decoded so far (grows by the new tokens at each step)."""
+
+    k: Tensor  # (B, H, L, D)
+    v: Tensor  # (B, H, L, D)
+    padding: Tensor  # (B, L) True = padding
 
 
 @register_attention("softmax")
@@ -37,3 +47,15 @@ class SoftmaxAttention(AttentionCore):
         if allowed is not None:
             scores = scores.masked_fill(~allowed, torch.finfo(scores.dtype).min)
         return scores.softmax(dim=-1)
+
+    def step(self, q, k, v, state: KVCache | None = None, key_padding_mask=None) -> tuple[Tensor, KVCache]:
+        new = q.shape[2]
+        padding = key_padding_mask if key_padding_mask is not None else q.new_zeros(q.shape[0], new, dtype=torch.bool)
+        if state is not None:
+            k, v = torch.cat([state.k, k], dim=2), torch.cat([state.v, v], dim=2)  # (B, H, L + T, D)
+            padding = torch.cat([state.padding, padding], dim=1)  # (B, L + T)
+        positions = torch.arange(k.shape[2], device=q.device)
+        causal = positions[None, :] <= positions[-new:, None]  # (T, L + T): new token t sees keys up to itself
+        allowed = causal & ~padding[:, None, None, :]  # (B, 1, T, L + T)
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
+        return zero_padded_rows(out, key_padding_mask), KVCache(k, v, padding)

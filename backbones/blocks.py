@@ -41,6 +41,20 @@ class TransformerBlock(nn.Module):
                                             query_padding_mask=padding_mask))
         return x + self.ffn(self.norm_ffn(x))
 
+    def step(self, x: Tensor, state: tuple | None = None, context: Tensor | None = None,
+             context_padding_mask: Tensor | None = None) -> tuple[Tensor, tuple]:
+        """`forward` for the newest positions x (B, T, dim) of a causal block, for incremental decoding.
+
+        state: (self-attention state, cross-attention state) from the previous step, None at the first.
+        """
+        self_state, cross_state = state or (None, None)
+        attended, self_state = self.attn.step(self.norm_attn(x), self_state)
+        x = x + self.dropout(attended)
+        if self.cross is not None:
+            attended, cross_state = self.cross.step(self.norm_cross(x), cross_state, context, context_padding_mask)
+            x = x + self.dropout(attended)
+        return x + self.ffn(self.norm_ffn(x)), (self_state, cross_state)
+
 
 class Encoder(nn.Module):
     """A stack of `depth` self-attention blocks followed by a final LayerNorm."""

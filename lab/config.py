@@ -60,7 +60,9 @@ class TrainerConfig:
     optimizer: Literal["adamw", "adam"] = "adamw"
     weight_decay: float = 0.05  # AdamW only; not applied to biases, norms, embeddings
     beta2: float = 0.999
-    warmup_fraction: float = 0.05  # linear warm-up over this fraction of all steps, then cosine
+    warmup_fraction: float = 0.05  # linear warm-up over this fraction of all steps, then the schedule
+    warmup_steps: int = 0  # > 0: warm-up over this many steps instead (fairseq's IWSLT recipe: 4000)
+    schedule: Literal["cosine", "inverse_sqrt"] = "cosine"  # after warm-up: cosine to min_lr, or lr·√(warmup/step)
     min_lr_fraction: float = 0.0  # cosine floor as a fraction of lr
     grad_clip: float = 1.0  # max global grad norm; 0 = off
     accumulate: int = 1  # micro-batches per optimizer step

@@ -1,7 +1,8 @@
 """Attention diagnostics for tracked runs: marginal deviations, entropy and attention-map figures.
 
-During one forward pass on a few validation examples, the inputs of every self-attention block are
-captured; each block's dense attention matrix is then measured:
+During one forward pass on a few validation examples, the inputs of every non-causal self-attention
+block are captured (a causal block's column sums are not meant to be 1: a translation decoder's would
+drown its encoder's); each block's dense attention matrix is then measured:
 how far row and column sums over valid tokens are from 1 (doubly-stochastic mechanisms should be
 close on both), and the mean row entropy. Only for sequences short enough to form n x n.
 """
@@ -16,11 +17,12 @@ MAX_TOKENS = 1024
 
 
 def capture_attention(model: nn.Module, forward: Callable[[], object]) -> list[tuple[str, Tensor]]:
-    """Run `forward()` and return (block name, (B, H, N, N) attention) for every self-attention block.
+    """Run `forward()` and return (block name, (B, H, N, N) attention) for every non-causal self-attention block.
 
     An attention block is any module with `attention_maps(x, key_padding_mask=...)` returning its
     (B, H, Nq, Nk) attention on input x (`attention.MultiHeadAttention` has it) and a forward taking
-    `(x, context=None, key_padding_mask=None)`; blocks called with a context (cross-attention) are skipped.
+    `(x, context=None, key_padding_mask=None)`; blocks called with a context (cross-attention) and blocks
+    whose `causal` attribute is true are skipped.
     """
     inputs: list[tuple[str, nn.Module, Tensor, Tensor | None]] = []
 
@@ -28,7 +30,7 @@ def capture_attention(model: nn.Module, forward: Callable[[], object]) -> list[t
         def hook(module, args, kwargs):
             x = args[0] if args else kwargs["x"]
             context = args[1] if len(args) > 1 else kwargs.get("context")
-            if context is None and x.shape[1] <= MAX_TOKENS:
+            if context is None and not getattr(module, "causal", False) and x.shape[1] <= MAX_TOKENS:
                 inputs.append((name, module, x.detach(), kwargs.get("key_padding_mask")))
         return hook
 

@@ -1,4 +1,5 @@
-"""Optimizer and learning-rate schedule: AdamW (or Adam) with linear warm-up and cosine decay."""
+"""Optimizer and learning-rate schedule: AdamW (or Adam) with linear warm-up, then cosine decay or
+fairseq's inverse square root (lr·√(warmup / step), the Transformer recipe for IWSLT'14)."""
 from __future__ import annotations
 
 import math
@@ -7,10 +8,13 @@ import torch
 from torch import nn
 
 from .config import TrainerConfig
+from .registry import ConfigError
 
 
 def build_optimizer(model: nn.Module, cfg: TrainerConfig) -> torch.optim.Optimizer:
     """Weight decay only on matrices of Linear/Conv layers; none on biases, norms, embeddings, tokens."""
+    if cfg.warmup_steps < 0:
+        raise ConfigError(f"trainer.warmup_steps must be >= 0, got {cfg.warmup_steps}")
     decay, no_decay = [], []
     for module_name, module in model.named_modules():
         for name, param in module.named_parameters(recurse=False):
@@ -25,11 +29,19 @@ def build_optimizer(model: nn.Module, cfg: TrainerConfig) -> torch.optim.Optimiz
     return torch.optim.AdamW(groups, lr=cfg.lr, betas=betas)
 
 
+def warmup_length(total_steps: int, cfg: TrainerConfig) -> int:
+    if cfg.warmup_steps:
+        return cfg.warmup_steps
+    return max(1, round(cfg.warmup_fraction * total_steps)) if cfg.warmup_fraction > 0 else 0
+
+
 def lr_at(step: int, total_steps: int, cfg: TrainerConfig) -> float:
     """Learning rate for optimizer step `step` (0-based) of a `total_steps` schedule."""
-    warmup = max(1, round(cfg.warmup_fraction * total_steps)) if cfg.warmup_fraction > 0 else 0
+    warmup = warmup_length(total_steps, cfg)
     if step < warmup:
         return cfg.lr * (step + 1) / warmup
+    if cfg.schedule == "inverse_sqrt":
+        return cfg.lr * math.sqrt(max(1, warmup) / (step + 1))
     progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
     floor = cfg.min_lr_fraction * cfg.lr
     return floor + (cfg.lr - floor) * 0.5 * (1 + math.cos(math.pi * progress))

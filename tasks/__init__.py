@@ -23,3 +23,4 @@ from . import cifar  # noqa: E402,F401
 from . import modelnet  # noqa: E402,F401
 from . import protein  # noqa: E402,F401
 from . import imagenet  # noqa: E402,F401
+from . import iwslt14  # noqa: E402,F401

@@ -13,8 +13,10 @@ The trainer (`train.py`) only talks to this interface. A task:
   from `generator` (seeded per step by the trainer), which makes resumed runs exact.
 * `eval_step(model, batch)` returns per-example tensors (first dim = batch); the trainer concatenates
   them over the split (and across ranks) and `metrics(outputs, split)` turns them into numbers and
-  figures (functions that draw them, called only for the figures logged). Metric names are bare
-  ("accuracy"); the trainer prefixes the split ("val/accuracy").
+  figures (functions that draw them, called only for the figures logged), plus optional text artifacts
+  and run tags (logged on test). Metric names are bare ("accuracy"); the trainer prefixes the split
+  ("val/accuracy"). `eval_step_for(split)` picks the step per split (the same `eval_step` unless a task
+  evaluates splits differently, e.g. translation: greedy on val, beam search on test).
 * `monitor` names the validation metric that selects the best checkpoint (higher is better).
 
 Task constructors: keyword parameters with defaults are the `task.*` config options; `data_root` and
@@ -40,6 +42,8 @@ class Evaluation:
     metrics: dict[str, float]
     # name -> a function drawing the matplotlib Figure; only called for the figures the trainer logs (test)
     figures: dict[str, Callable[[], Any]] = field(default_factory=dict)
+    texts: dict[str, str] = field(default_factory=dict)  # file name -> text, logged as artifacts of the test split
+    tags: dict[str, str] = field(default_factory=dict)  # run tags (e.g. a metric's signature), set on test
 
 
 class Task:
@@ -70,6 +74,10 @@ class Task:
 
     def eval_step(self, model: nn.Module, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         raise NotImplementedError
+
+    def eval_step_for(self, split: str) -> Callable[[nn.Module, dict[str, Tensor]], dict[str, Tensor]]:
+        """The per-batch evaluation of `split`; `eval_step` for every split unless a task overrides it."""
+        return self.eval_step
 
     def metrics(self, outputs: dict[str, Tensor], split: str) -> Evaluation:
         raise NotImplementedError
