@@ -145,17 +145,19 @@ def plot_attention_maps(maps: list[tuple[str, Tensor, Tensor | None]], max_block
     plt = _pyplot()
     maps = maps[:max_blocks]
     heads = min(max_heads, maps[0][1].shape[1])
-    fig, axes = plt.subplots(len(maps), heads, figsize=(2.3 * heads + 0.6, 2.3 * len(maps)), squeeze=False)
+    fig, axes = plt.subplots(len(maps), heads, figsize=(2.6 * heads, 2.3 * len(maps) + 0.3), squeeze=False)
     for row, (name, attention, mask) in enumerate(maps):
         n = attention.shape[-1] if mask is None else int((~mask[0]).sum())
         for head in range(heads):
             ax = axes[row][head]
-            image = ax.imshow(attention[0, head, :n, :n].numpy(), cmap="viridis", vmin=0)
+            image = ax.imshow(attention[0, head, :n, :n].numpy(), cmap="viridis")  # each map on its own scale
             ax.set_xticks([])
             ax.set_yticks([])
             ax.set_title(f"{short_name(name)} h{head}", fontsize=7)
-        fig.colorbar(image, ax=axes[row][-1], fraction=0.046)
-    fig.suptitle("attention of the first probe example (rows: queries, columns: keys)", fontsize=8)
+            colorbar = fig.colorbar(image, ax=ax, fraction=0.046, pad=0.03)
+            colorbar.ax.tick_params(labelsize=5)
+    fig.suptitle("attention of the first probe example (rows: queries, columns: keys; own colour scale each)",
+                 fontsize=8)
     fig.tight_layout()
     return fig
 

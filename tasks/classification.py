@@ -22,6 +22,7 @@ def model_inputs(batch: dict[str, Tensor]) -> dict[str, Tensor]:
 
 class ClassificationTask(Task):
     monitor = "accuracy"
+    report_metrics = ("accuracy", "mean_class_accuracy", "macro_f1")
     class_names: Sequence[str] = ()
     top_k: tuple[int, ...] = ()  # also report `top{k}` accuracy (e.g. ImageNet's top-5)
 
