@@ -63,17 +63,15 @@ def plan(base_args: list[str], attentions: list[str], poolings: list[str], seeds
          identifier: str | None) -> tuple[str, list[Cell]]:
     """The sweep id and its cells, seeds outermost (a full comparison at one seed comes first); every
     configuration validated (ConfigError/DataError propagate before anything runs)."""
-    task = train.load_config(base_args).task.name
-    identifier = identifier or sweep_id(base_args, task)
+    grid = [[*base_args, f"attention={attention}", *([f"pooling={pooling}"] if pooling else []), f"seed={seed}"]
+            for seed in seeds for attention in attentions for pooling in poolings or [None]]
+    identifier = identifier or sweep_id(base_args, train.load_config(grid[0]).task.name)
     cells = []
-    for seed in seeds:
-        for attention in attentions:
-            for pooling in poolings or [None]:
-                args = [*base_args, f"attention={attention}", *([f"pooling={pooling}"] if pooling else []),
-                        f"seed={seed}", f"tracking.sweep={identifier}"]
-                cfg = train.load_config(args)
-                cells.append(Cell(args, cfg.run_name, train.fingerprint(cfg), cfg.tracking.experiment or cfg.task.name,
-                                  store_uri(cfg.tracking.uri), f"test/{TASKS.get(cfg.task.name).monitor}"))
+    for args in grid:
+        args = [*args, f"tracking.sweep={identifier}"]
+        cfg = train.load_config(args)
+        cells.append(Cell(args, cfg.run_name, train.fingerprint(cfg), cfg.tracking.experiment or cfg.task.name,
+                          store_uri(cfg.tracking.uri), f"test/{TASKS.get(cfg.task.name).monitor}"))
     names = [cell.run_name for cell in cells]
     duplicates = sorted({name for name in names if names.count(name) > 1})
     if duplicates:

@@ -38,11 +38,11 @@ class Probe:
     def metrics(self) -> dict[str, float]:
         """`attention/<stat>` over all blocks (max deviations, mean entropy) and `attention/<block>/<stat>`."""
         per_block = {name: attention_statistics(attention, mask) for name, attention, mask in self.attention}
-        if not per_block:
-            return {}
-        out = {"attention/row_sum_max_dev": max(s["row_sum_max_dev"] for s in per_block.values()),
-               "attention/col_sum_max_dev": max(s["col_sum_max_dev"] for s in per_block.values()),
-               "attention/row_entropy": sum(s["row_entropy"] for s in per_block.values()) / len(per_block)}
+        out = {}
+        if per_block:
+            out = {"attention/row_sum_max_dev": max(s["row_sum_max_dev"] for s in per_block.values()),
+                   "attention/col_sum_max_dev": max(s["col_sum_max_dev"] for s in per_block.values()),
+                   "attention/row_entropy": sum(s["row_entropy"] for s in per_block.values()) / len(per_block)}
         for name, stats in per_block.items():
             out.update({f"attention/{short_name(name)}/{key}": value for key, value in stats.items()})
         for name, vectors in self.slices:
@@ -61,8 +61,10 @@ class Probe:
 
 
 def short_name(module_name: str) -> str:
-    """`encoder.blocks.0.attention` -> `blocks.0.attention`: a metric-friendly module path."""
-    return module_name.replace("encoder.", "", 1) if module_name.startswith("encoder.") else module_name
+    """`encoder.blocks.0.attention` -> `blocks.0.attention`: a metric-friendly module path ("model": the root)."""
+    if not module_name:
+        return "model"
+    return module_name.removeprefix("encoder.")
 
 
 def probe_model(task, model: nn.Module, dataset, device: torch.device, examples: int = PROBE_EXAMPLES) -> Probe:
