@@ -34,7 +34,12 @@ class Image:
     caption: str
 
 
-Block = Heading | Paragraph | Table | Image
+@dataclass
+class Gallery:
+    images: list[Image]  # shown side by side, three to a line
+
+
+Block = Heading | Paragraph | Table | Image | Gallery
 
 
 def to_markdown(blocks: list[Block], folder: Path) -> str:
@@ -51,6 +56,12 @@ def to_markdown(blocks: list[Block], folder: Path) -> str:
                                   *(cells(row) for row in block.rows)]))
         elif isinstance(block, Image):
             out.append(f"![{block.caption}]({Path(block.path).relative_to(folder).as_posix()})\n\n*{block.caption}*")
+        elif isinstance(block, Gallery):  # a table of images: captions as the header, three per line
+            for start in range(0, len(block.images), 3):
+                line = block.images[start:start + 3]
+                out.append(to_markdown([Table([image.caption for image in line],
+                                              [[f"![{image.caption}]({Path(image.path).relative_to(folder).as_posix()})"
+                                                for image in line]])], folder).rstrip("\n"))
     return "\n\n".join(out) + "\n"
 
 
@@ -63,6 +74,7 @@ th, td { border: 1px solid #d0d7de; padding: 4px 8px; text-align: left; vertical
 th { background: #f6f8fa; } tr:nth-child(even) td { background: #fbfbfc; }
 code { background: #eff1f3; padding: 1px 4px; border-radius: 4px; font-size: 90%; }
 figure { margin: 1em 0; } figure img { max-width: 100%; border: 1px solid #eaeef2; }
+.gallery { display: flex; flex-wrap: wrap; gap: 1em; } .gallery figure { width: 32%; margin: 0; }
 figcaption { font-size: 13px; color: #57606a; }
 """
 
@@ -70,6 +82,12 @@ figcaption { font-size: 13px; color: #57606a; }
 def _inline(text: str) -> str:
     """HTML-escaped text with `code` spans."""
     return re.sub(r"`([^`]+)`", r"<code>\1</code>", html.escape(str(text)))
+
+
+def _figure(image: Image) -> str:
+    data = base64.b64encode(Path(image.path).read_bytes()).decode("ascii")
+    return (f'<figure><img alt="{html.escape(image.caption)}" src="data:image/png;base64,{data}">'
+            f"<figcaption>{_inline(image.caption)}</figcaption></figure>")
 
 
 def to_html(blocks: list[Block], title: str) -> str:
@@ -84,8 +102,8 @@ def to_html(blocks: list[Block], title: str) -> str:
             rows = "".join("<tr>" + "".join(f"<td>{_inline(c)}</td>" for c in row) + "</tr>" for row in block.rows)
             body.append(f"<table><thead><tr>{head}</tr></thead><tbody>{rows}</tbody></table>")
         elif isinstance(block, Image):
-            data = base64.b64encode(Path(block.path).read_bytes()).decode("ascii")
-            body.append(f'<figure><img alt="{html.escape(block.caption)}" src="data:image/png;base64,{data}">'
-                        f"<figcaption>{_inline(block.caption)}</figcaption></figure>")
+            body.append(_figure(block))
+        elif isinstance(block, Gallery):
+            body.append('<div class="gallery">' + "".join(_figure(image) for image in block.images) + "</div>")
     return (f'<!DOCTYPE html>\n<html lang="en"><head><meta charset="utf-8"><title>{html.escape(title)}</title>'
             f"<style>{STYLE}</style></head><body>\n" + "\n".join(body) + "\n</body></html>\n")

@@ -34,7 +34,8 @@ def bar_chart(title: str, metric: str, labels: list[str], means: list[float], st
     ax.set_xticks(x, [f"{label}\n(n={n})" for label, n in zip(labels, counts)], fontsize=7, rotation=0)
     ax.set_ylabel(metric)
     ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7, loc="lower right")
+    if paper_x:
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     return fig
@@ -43,7 +44,7 @@ def bar_chart(title: str, metric: str, labels: list[str], means: list[float], st
 def learning_curves(title: str, metric: str, curves: dict[str, list[list[tuple[int, float]]]]):
     """curves: row label -> one (step, value) history per seed. Mean over the seeds at the steps all share."""
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(5.6, 3.4))
+    fig, ax = plt.subplots(figsize=(7.2, 3.4))
     for label, histories in curves.items():
         histories = [dict(history) for history in histories if history]
         if not histories:
@@ -56,7 +57,7 @@ def learning_curves(title: str, metric: str, curves: dict[str, list[list[tuple[i
     ax.set_xlabel("optimizer step")
     ax.set_ylabel(metric)
     ax.set_title(title, fontsize=9)
-    ax.legend(fontsize=7)
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.grid(alpha=0.3)
     fig.tight_layout()
     return fig

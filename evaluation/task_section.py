@@ -8,10 +8,11 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .document import Block, Heading, Image, Paragraph, Table
+from .document import Block, Gallery, Heading, Image, Paragraph, Table
 from .figures import bar_chart, learning_curves
 from .papers import PaperNumber, gains, numbers_beside
 from .rows import IDENTITY, Row, mean_std
+from .store import UNSET
 
 DIAGNOSTICS = ("attention/row_sum_max_dev", "attention/col_sum_max_dev", "attention/row_entropy")
 DIAGNOSTIC_FIGURES = ("attention_maps", "slice_diagnostics")
@@ -83,7 +84,7 @@ def task_section(task: str, rows: list[Row], metrics: tuple[str, ...], monitor: 
                if any(n.source == source and n.kind == "absolute" and n.experiment for n in published)]
     header = ["attention", "pooling", "model", "preset", *(["setting"] if any(r.label for r in rows) else []),
               *metrics, *(f"paper {metrics[0]} [{references.index(source) + 1}]" for source in sources),
-              "n", "parameters", "samples/s", "wall time", "runs"]
+              "n", "parameters", "samples/s", "train time", "runs"]
     table_rows, notes = [], []
     for index, (row, title, (found, why)) in enumerate(zip(rows, titles, beside)):
         stats = {metric: mean_std(row.values(f"test/{metric}")) for metric in metrics}
@@ -93,7 +94,7 @@ def task_section(task: str, rows: list[Row], metrics: tuple[str, ...], monitor: 
         if why:
             notes.append(f"{title}: no paper number beside it ({why}).")
         table_rows.append([
-            row.attention, row.pooling, row.model, row.experiment,
+            row.attention, row.pooling, row.model, "-" if row.experiment == UNSET else row.experiment,
             *([", ".join(f"{k}={v}" for k, v in row.label.items())] if any(r.label for r in rows) else []),
             *(format_value(*stats[metric]) if row.values(f"test/{metric}") else "-" for metric in metrics),
             *(f"{papers[source]:.4f}" if source in papers else "" for source in sources),
@@ -172,6 +173,7 @@ def diagnostics(task, rows, titles, client, folder: Path) -> list[Block]:
             cells.append(f"{statistics.fmean(values):.4g}" if values else "-")
         table.append([title, *cells])
     blocks.append(Table(["row", "row-sum max dev", "col-sum max dev", "row entropy"], table))
+    gallery = Gallery([])
     with tempfile.TemporaryDirectory() as scratch:
         for row, title in zip(rows, titles):
             run = row.runs[0]
@@ -183,9 +185,9 @@ def diagnostics(task, rows, titles, client, folder: Path) -> list[Block]:
                 local = Path(client.download_artifacts(run.run_id, artifact, scratch))
                 target = folder / "figures" / f"{task}_{slug(title)}_{name}.png"
                 target.write_bytes(local.read_bytes())
-                blocks.append(Image(target, f"{title} (seed {run.seed}, run {run.run_id[:8]}): "
-                                            f"{name.replace('_', ' ')}"))
-    return blocks
+                gallery.images.append(Image(target, f"{title} (seed {run.seed}, run {run.run_id[:8]}): "
+                                                    f"{name.replace('_', ' ')}"))
+    return [*blocks, gallery] if gallery.images else blocks
 
 
 def slug(text: str) -> str:
