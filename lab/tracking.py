@@ -1,4 +1,4 @@
-"""MLflow tracking: one experiment per task, one run per (task, attention, seed) training run.
+"""MLflow tracking: one experiment per task, one run per training run (named by `Config.run_name`).
 
 The default store is MLflow's own `sqlite:///mlflow.db` in the project root; `MLFLOW_TRACKING_URI`
 wins when set (a shared team server). Only rank 0 talks to MLflow; other ranks get a no-op tracker.
