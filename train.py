@@ -10,10 +10,11 @@ Groups: task=, attention=, pooling=, model= (the backbone), experiment= (a paper
 key as section.key=value (see configs/train.yaml). Bad keys, names or types exit with code 2 and one
 line naming the valid choices, before anything is written.
 
-Each run is tracked in MLflow (experiment = task, run = <task>-<attention>[-<model>][-<pooling>][-<experiment>]
--s<seed>, naming only non-default choices; `make ui`) and checkpointed to runs/<run>/<time>/{last,best}.pt. Ctrl-C or SIGTERM saves and exits; running the same
-command again resumes (resume=auto), including the MLflow run. A NaN/inf loss stops the run and keeps
-the last good checkpoint. The final test metrics come from the best validation checkpoint.
+Each run is tracked in MLflow (experiment = task; run = <task>-<attention>[-<model>][-<pooling>]
+[-<experiment>]-s<seed>, naming only the non-default choices; `make ui`) and checkpointed to
+runs/<run>/<time>/{last,best}.pt. Ctrl-C or SIGTERM saves and exits; running the same command again
+resumes (resume=auto), including the MLflow run. A NaN/inf loss stops the run and keeps the last good
+checkpoint. The final test metrics come from the best validation checkpoint.
 """
 from __future__ import annotations
 
