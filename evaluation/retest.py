@@ -56,9 +56,10 @@ def retest(run: RunRecord, client, *, data_root: str | None = None, device: str 
     last = load_checkpoint(last_path) if run.tags.get("run_dir") and last_path.exists() else None
     if not training_completed(run, last):
         where = f"at step {last['step']}" if last else "before its first checkpoint"
-        failure = run.tags.get("failure")
-        raise NotRetestable(f"training stopped {where} ({failure})" if failure else
-                            f"training interrupted {where}: resume it with the same command (resume=auto)")
+        if run.tags.get("failure"):
+            raise NotRetestable(f"training stopped {where}: {run.tags['failure']}")
+        state = "still running, or killed without saving," if run.status == "RUNNING" else "interrupted"
+        raise NotRetestable(f"training {state} {where}: the same command resumes it (resume=auto)")
     with tempfile.TemporaryDirectory() as scratch:
         state = load_checkpoint(best_checkpoint(run, client, Path(scratch)))
     tree = state["config"]

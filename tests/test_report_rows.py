@@ -7,6 +7,7 @@ import pytest
 
 import train
 from evaluation.papers import load_paper_numbers, numbers_beside, preset_differences
+from evaluation.retest import training_completed
 from evaluation.rows import RunRecord, group_rows, mean_std
 from lab.config import experiment_names
 from lab.tracking import flatten
@@ -85,3 +86,15 @@ def test_cpu_defaults_never_get_paper_numbers():
     numbers = load_paper_numbers()
     (row,) = group_rows([record("a", 0, 0.5, task="lra_text", attention="luna")])
     assert numbers_beside(row, numbers) == ([], "")
+
+
+@pytest.mark.parametrize("status, epoch, step, epochs, max_steps, done", [
+    ("FINISHED", 0, 0, 5, 0, True),  # the trainer says so
+    ("FAILED", 5, 60, 5, 0, True),  # crashed in its test evaluation, after the last epoch
+    ("KILLED", 2, 24, 5, 0, False),  # interrupted mid-training: to be resumed, not tested
+    ("RUNNING", 0, 7, 5, 7, True),  # reached max_steps, then killed hard
+])
+def test_training_completed(status, epoch, step, epochs, max_steps, done):
+    last = {"epoch": epoch, "step": step, "config": {"trainer": {"epochs": epochs, "max_steps": max_steps}}}
+    assert training_completed(record("a", 0, 0.5) if status == "FINISHED" else
+                              RunRecord("a", "a", status, 0, None, {}, {}, {}), last) is done
