@@ -22,9 +22,12 @@ def model_inputs(batch: dict[str, Tensor]) -> dict[str, Tensor]:
 
 class ClassificationTask(Task):
     monitor = "accuracy"
-    report_metrics = ("accuracy", "mean_class_accuracy", "macro_f1")
     class_names: Sequence[str] = ()
     top_k: tuple[int, ...] = ()  # also report `top{k}` accuracy (e.g. ImageNet's top-5)
+
+    @classmethod
+    def reported_metrics(cls) -> tuple[str, ...]:
+        return ("accuracy", *(f"top{k}" for k in cls.top_k), "mean_class_accuracy", "macro_f1")
 
     @property
     def num_classes(self) -> int:

@@ -67,19 +67,30 @@ def test_presets_named_for_registered_tasks_exist():
             assert number.experiment in experiment_names(), (number.task, number.experiment)
 
 
-def preset_run(attention: str, *extra: str) -> RunRecord:
-    """A run whose params are exactly what train.py logs for the modelnet_set_transformer preset."""
-    cfg = train.load_config(["experiment=modelnet_set_transformer", f"attention={attention}", *extra])
+def preset_run(task: str, experiment: str, attention: str, *extra: str) -> RunRecord:
+    """A run whose params and tags are exactly what train.py logs for this preset and attention."""
+    cfg = train.load_config([f"experiment={experiment}", f"attention={attention}", *extra])
     params = {key: str(value) for key, value in flatten(cfg.to_dict()).items()}
-    tags = {"task": "modelnet40", "attention": attention, "pooling": "pma", "model": "set_transformer",
-            "experiment": "modelnet_set_transformer", "seed": "0"}
+    tags = {"task": task, "attention": attention, "pooling": str(cfg.pooling.name), "model": cfg.model.name,
+            "experiment": experiment, "seed": "0"}
     return RunRecord(attention, attention, "FINISHED", 0, 1, tags, params, {"test/accuracy": 0.8})
 
 
 def test_a_run_of_the_unchanged_preset_matches_it_and_a_changed_one_does_not():
     (gain,) = [n for n in load_paper_numbers() if n.task == "modelnet40"]
-    assert preset_differences(preset_run("esp"), gain) == []
-    assert preset_differences(preset_run("esp", "trainer.epochs=3"), gain) == ["trainer.epochs=3 (preset 200)"]
+    assert preset_differences(preset_run("modelnet40", gain.experiment, "esp"), gain) == []
+    changed = preset_run("modelnet40", gain.experiment, "esp", "trainer.epochs=3")
+    assert preset_differences(changed, gain) == ["trainer.epochs=3 (preset 200)"]
+
+
+def test_the_conversion_setting_includes_its_init_weights():
+    numbers = load_paper_numbers()
+    converted = preset_run("imagenet", "imagenet_vit_b16", "luna", "init=torchvision:vit_b_16")
+    (row,) = group_rows([converted])
+    found, why = numbers_beside(row, numbers)
+    assert [n.value for n in found] == [pytest.approx(0.805)] and why == ""
+    (scratch,) = group_rows([preset_run("imagenet", "imagenet_vit_b16", "luna")])
+    assert numbers_beside(scratch, numbers)[0] == [] and "init=None" in numbers_beside(scratch, numbers)[1]
 
 
 def test_cpu_defaults_never_get_paper_numbers():
