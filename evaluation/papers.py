@@ -32,6 +32,7 @@ class PaperNumber:
     value: float  # on our metric's scale (a gain: the difference to the best baseline)
     kind: str = "absolute"  # or "gain"
     baselines: tuple[str, ...] = ()
+    free: tuple[str, ...] = ()  # key prefixes the paper leaves open (not compared)
 
 
 def load_paper_numbers(path: Path = PAPER_NUMBERS) -> list[PaperNumber]:
@@ -41,8 +42,7 @@ def load_paper_numbers(path: Path = PAPER_NUMBERS) -> list[PaperNumber]:
         settings = table.get("setting") or {}
         if table.get("kind") == "gain":
             for task, setting in settings.items():
-                numbers.append(PaperNumber(**common, task=task, experiment=setting.get("experiment"),
-                                           args=tuple(setting.get("args", ())), metric=setting["metric"],
+                numbers.append(PaperNumber(**common, **_setting(setting), task=task, metric=setting["metric"],
                                            model=table["attention"], attention=table["attention"],
                                            value=setting["gain"] * UNIT_SCALE[setting["unit"]], kind="gain",
                                            baselines=tuple(table["baselines"])))
@@ -51,12 +51,15 @@ def load_paper_numbers(path: Path = PAPER_NUMBERS) -> list[PaperNumber]:
             for task, value in row.items():
                 if task in ("model", "attention"):
                     continue
-                setting = settings.get(task, {})
-                numbers.append(PaperNumber(**common, task=task, experiment=setting.get("experiment"),
-                                           args=tuple(setting.get("args", ())), metric=table["metric"],
-                                           model=row["model"], attention=row["attention"],
+                numbers.append(PaperNumber(**common, **_setting(settings.get(task, {})), task=task,
+                                           metric=table["metric"], model=row["model"], attention=row["attention"],
                                            value=value * UNIT_SCALE[table["unit"]]))
     return numbers
+
+
+def _setting(setting: dict) -> dict:
+    return {"experiment": setting.get("experiment"), "args": tuple(setting.get("args", ())),
+            "free": tuple(setting.get("free", ()))}
 
 
 def preset_differences(run: RunRecord, number: PaperNumber) -> list[str] | None:
@@ -73,7 +76,7 @@ def preset_differences(run: RunRecord, number: PaperNumber) -> list[str] | None:
         return None
     ours, theirs = run.setting, setting_of({k: str(v) for k, v in flatten(preset.to_dict()).items()})
     return [f"{key}={ours.get(key, '-')} (preset {theirs.get(key, '-')})" for key in sorted(set(ours) | set(theirs))
-            if ours.get(key) != theirs.get(key)]
+            if ours.get(key) != theirs.get(key) and not key.startswith(number.free)]
 
 
 def numbers_beside(row: Row, numbers: list[PaperNumber]) -> tuple[list[PaperNumber], str]:
