@@ -291,12 +291,15 @@ class Trainer:
         self.dist.barrier()  # rank 0 has finished writing best.pt
         if best.exists():
             self.model.load_state_dict(load_checkpoint(best)["model"])
-        metrics, figures = evaluate_test_split(self.task, self.model, self.splits["test"],
-                                               **self._evaluation_options())
-        tracker.log_metrics(metrics, self.step)
-        for path, draw in figures.items():
+        results = evaluate_test_split(self.task, self.model, self.splits["test"], **self._evaluation_options())
+        tracker.log_metrics(results.metrics, self.step)
+        for path, text in results.texts.items():
+            tracker.log_text(text, path)
+        if results.tags:
+            tracker.set_tags(results.tags)
+        for path, draw in results.figures.items():
             tracker.log_figure(draw(), path)
-        return metrics
+        return results.metrics
 
     def run(self) -> int:
         cfg = self.cfg

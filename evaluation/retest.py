@@ -18,7 +18,7 @@ import train
 from lab import config
 from lab.checkpoint import load_checkpoint
 from lab.download import DataError
-from lab.evaluate import evaluate_test_split
+from lab.evaluate import TestResults, evaluate_test_split
 from lab.registry import ConfigError
 from lab.runtime import Distributed, select_device
 
@@ -72,21 +72,26 @@ def retest(run: RunRecord, client, *, data_root: str | None = None, device: str 
     except (ConfigError, DataError) as error:
         raise NotRetestable(f"cannot rebuild the run: {error}") from None
     model.load_state_dict(state["model"])
-    metrics, figures = evaluate_test_split(task, model, task.datasets()["test"], batch_size=cfg.trainer.batch_size,
-                                           num_workers=cfg.trainer.num_workers, device=torch_device,
-                                           precision=cfg.trainer.precision, dist=Distributed(torch_device))
-    log_back(client, run.run_id, metrics, figures, state["step"])
-    return metrics
+    results = evaluate_test_split(task, model, task.datasets()["test"], batch_size=cfg.trainer.batch_size,
+                                  num_workers=cfg.trainer.num_workers, device=torch_device,
+                                  precision=cfg.trainer.precision, dist=Distributed(torch_device))
+    log_back(client, run.run_id, results, state["step"])
+    return results.metrics
 
 
-def log_back(client, run_id: str, metrics: dict[str, float], figures: dict, step: int) -> None:
+def log_back(client, run_id: str, results: TestResults, step: int) -> None:
+    """Log a test evaluation to an existing run, as the trainer's `_test` does to its own."""
     from mlflow.entities import Metric
 
     import matplotlib.pyplot as plt
 
     now = int(time.time() * 1000)
-    client.log_batch(run_id, metrics=[Metric(key, float(value), now, step) for key, value in metrics.items()])
-    for path, draw in figures.items():
+    client.log_batch(run_id, metrics=[Metric(key, float(value), now, step) for key, value in results.metrics.items()])
+    for path, text in results.texts.items():
+        client.log_text(run_id, text, path)
+    for key, value in results.tags.items():
+        client.set_tag(run_id, key, value)
+    for path, draw in results.figures.items():
         figure = draw()
         client.log_figure(run_id, figure, path)
         plt.close(figure)

@@ -119,8 +119,9 @@ def task_section(task: str, rows: list[Row], metrics: tuple[str, ...], monitor: 
 def paper_blocks(task: str, published: list[PaperNumber], references: list[str], task_gains) -> list[Block]:
     """The papers' numbers for this task, each with its source and the preset of its setting, then caveats."""
     blocks: list[Block] = [Heading(3, f"{task}: the papers' numbers"), Paragraph(
-        "On our metrics' scale (percent / 100). A paper number appears in the table above only beside a row whose "
-        "runs used the preset of the paper's setting unchanged; task defaults and CPU presets never do.")]
+        "On our metrics' scale (accuracies as fractions: the paper's percent / 100; BLEU as printed). A paper "
+        "number appears in the table above only beside a row whose runs used the preset of the paper's setting "
+        "unchanged; task defaults and CPU presets never do.")]
     rows = [[f"[{references.index(n.source) + 1}]", n.model, n.attention or "(not in this lab)", f"test/{n.metric}",
              f"{n.value:.4f}", f"`{n.experiment}`" if n.experiment else "(no preset of ours)"]
             for n in published if n.kind == "absolute"]

@@ -5,8 +5,9 @@ are captured (duck typing: lab knows no mechanism by name):
 
 * an attention block: any module with `attention_maps(x, key_padding_mask=...)` returning its
   (B, H, Nq, Nk) attention on input x and a forward taking `(x, context=None, key_padding_mask=None)`
-  (`attention.MultiHeadAttention`); blocks called with a context (cross-attention) are skipped, and so are
-  sequences longer than `MAX_TOKENS` (the matrix is n x n);
+  (`attention.MultiHeadAttention`); skipped: blocks called with a context (cross-attention), blocks whose
+  `causal` attribute is true (their column sums are not meant to be 1: a translation decoder's would drown
+  its encoder's), and sequences longer than `MAX_TOKENS` (the matrix is n x n);
 * a sliced pooling: any module with `slice_diagnostics(x, padding_mask)` returning per-slice vectors
   (`cswe`: slice weights, dual variables λ and the lifted cost's violation of ε on these sets).
 
@@ -87,7 +88,7 @@ def capture(model: nn.Module, forward: Callable[[], object]) -> Probe:
         def hook(module, args, kwargs):
             x = args[0] if args else kwargs["x"]
             context = args[1] if len(args) > 1 else kwargs.get("context")
-            if context is None and x.shape[1] <= MAX_TOKENS:
+            if context is None and not getattr(module, "causal", False) and x.shape[1] <= MAX_TOKENS:
                 attention_inputs.append((name, module, x.detach(), kwargs.get("key_padding_mask")))
         return hook
 

@@ -62,6 +62,14 @@ def test_doubly_stochastic_attention_is_told_apart_from_softmax():
     assert lotformer["attention/row_sum_max_dev"] < 1e-4 and lotformer["attention/col_sum_max_dev"] < 1e-3
 
 
+def test_causal_blocks_are_not_measured():
+    torch.manual_seed(0)
+    encoder, decoder = MultiHeadAttention(16, 2, "softmax"), MultiHeadAttention(16, 2, "softmax", causal=True)
+    x = torch.randn(2, 6, 16)
+    found = capture(nn.ModuleDict({"encoder": encoder, "decoder": decoder}), lambda: decoder(encoder(x)))
+    assert [name for name, _, _ in found.attention] == ["encoder"]
+
+
 def test_probe_figures_cover_every_block():
     found = probe("softmax")
     assert [name for name, _, _ in found.attention] == ["first", "second"]
