@@ -115,6 +115,7 @@ def gains(rows: list[Row], numbers: list[PaperNumber]) -> list[Gain]:
                                           f"{' or '.join(number.baselines)}"))
             continue
         best = max(baselines, key=baselines.get)
-        out.append(Gain(number, means[number.attention] - baselines[best],
-                        f"{number.attention} {means[number.attention]:.4f} vs best baseline {best} {baselines[best]:.4f}"))
+        ours = means[number.attention]
+        out.append(Gain(number, ours - baselines[best],
+                        f"{number.attention} {ours:.4f} vs best baseline {best} {baselines[best]:.4f}"))
     return out

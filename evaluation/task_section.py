@@ -63,7 +63,8 @@ def wall_seconds(row: Row) -> tuple[float, bool]:
 
 
 def parameters(row: Row) -> str:
-    counts = sorted({int(run.params["model.num_parameters"]) for run in row.runs if "model.num_parameters" in run.params})
+    counts = sorted({int(run.params["model.num_parameters"]) for run in row.runs
+                     if "model.num_parameters" in run.params})
     return " / ".join(f"{count:,}" for count in counts) or "-"
 
 
@@ -161,11 +162,11 @@ def diagnostics(task, rows, titles, client, folder: Path) -> list[Block]:
     have = [row for row in rows if any(key in run.metrics for run in row.runs for key in DIAGNOSTICS)]
     if not have:
         return []
-    blocks: list[Block] = [Heading(3, f"{task}: attention diagnostics"),
-                           Paragraph("Last validation probe (the first validation examples): largest deviation of "
-                                     "row and column sums from 1 over valid tokens (both near 0 for a doubly-stochastic "
-                                     "mechanism, rows only for softmax), mean row entropy in nats (log n = uniform). "
-                                     "Figures: each row's first seed, on the first test examples of its best checkpoint.")]
+    blocks: list[Block] = [Heading(3, f"{task}: attention diagnostics"), Paragraph(
+        "Last validation probe (the first validation examples): largest deviation of row and column sums from 1 "
+        "over valid tokens (both near 0 for a doubly-stochastic mechanism, rows only for softmax), mean row "
+        "entropy in nats (log n = uniform). Figures: each row's first seed, on the first test examples of its "
+        "best checkpoint.")]
     table = []
     for row, title in zip(rows, titles):
         cells = []

@@ -91,7 +91,8 @@ def test_sweep_then_eval_reports_each_attention_over_seeds(tmp_path, data_root, 
     (eval_run,) = store.search_runs([store.get_experiment_by_name("eval").experiment_id])
     assert {"report.md", "report.html", "report.json"} <= {a.path for a in store.list_artifacts(eval_run.info.run_id)}
     some_run = runs_tagged(store, attention="lotformer")[0].info.run_id  # diagnostics logged during training
-    assert any(a.path.startswith("diagnostics/attention_maps_step") for a in store.list_artifacts(some_run, "diagnostics"))
+    diagnostics = [a.path for a in store.list_artifacts(some_run, "diagnostics")]
+    assert any(path.startswith("diagnostics/attention_maps_step") for path in diagnostics)
 
 
 def test_poolings_get_their_own_names_and_rows(tmp_path, data_root, store):
