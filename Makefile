@@ -14,7 +14,10 @@ EPOCHS ?=
 SEED   ?=
 ARGS   ?=
 ATTNS  ?= softmax sinkhorn esp lotformer luna
+POOLS  ?=
 SEEDS  ?= 0 1 2
+EXPERIMENT ?=
+SWEEP  ?=
 SYNTHETIC ?=
 ROOT   ?= ./data
 PORT   ?= 5000
@@ -26,11 +29,12 @@ OVERRIDES = $(if $(TASK),task=$(TASK)) $(if $(ATTN),attention=$(ATTN)) $(if $(PO
             $(if $(EPOCHS),trainer.epochs=$(EPOCHS)) $(if $(SEED),seed=$(SEED)) $(ARGS)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup train data sweep ui test bench clean
+.PHONY: help setup train data sweep eval ui test bench clean
 
 help:  ## list the targets
 	@grep -hE '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  make %-8s %s\n", $$1, $$2}'
-	@echo "  variables: TASK ATTN POOL EPOCHS SEED ARGS (train); ATTNS SEEDS (sweep); SYNTHETIC ROOT (data); BENCH_ARGS (bench)"
+	@echo "  variables: TASK ATTN POOL EPOCHS SEED ARGS (train); ATTNS POOLS SEEDS EXPERIMENT SWEEP (sweep);"
+	@echo "             TASK SWEEP EXPERIMENT (eval); SYNTHETIC ROOT (data); BENCH_ARGS (bench)"
 
 setup: $(STAMP)  ## create .venv and install the project (again whenever pyproject.toml changes)
 
@@ -46,11 +50,12 @@ train: $(STAMP)  ## train one model: make train TASK=cifar10 ATTN=esp EPOCHS=5 A
 data: $(STAMP)  ## download, verify and preprocess a dataset: make data TASK=cifar10 [SYNTHETIC=1] [ROOT=./data] [OPTIONS="dataset=flip_scl"]
 	$(PY) -m tasks.prepare $(or $(TASK),cifar10) --root $(ROOT) $(if $(SYNTHETIC),--synthetic) $(foreach o,$(OPTIONS),--option $(o))
 
-sweep: $(STAMP)  ## train every ATTNS x SEEDS: make sweep TASK=cifar10 ATTNS="softmax esp" SEEDS="0 1 2"
-	@for attn in $(ATTNS); do for seed in $(SEEDS); do \
-	  echo "== $(or $(TASK),default task) / $$attn / seed $$seed"; \
-	  $(PY) train.py $(if $(TASK),task=$(TASK)) attention=$$attn seed=$$seed $(if $(EPOCHS),trainer.epochs=$(EPOCHS)) $(ARGS) || exit $$?; \
-	done; done
+sweep: $(STAMP)  ## train ATTNS x POOLS x SEEDS under one sweep id; again = skip finished, resume interrupted
+	$(PY) -m evaluation.sweep --attentions "$(ATTNS)" --poolings "$(POOLS)" --seeds "$(SEEDS)" $(if $(SWEEP),--id $(SWEEP)) \
+	  $(if $(TASK),task=$(TASK)) $(if $(EXPERIMENT),experiment=$(EXPERIMENT)) $(if $(EPOCHS),trainer.epochs=$(EPOCHS)) $(ARGS)
+
+eval: $(STAMP)  ## test metrics for tracked runs that lack them + report in reports/eval/ (TASK, SWEEP, EXPERIMENT)
+	$(PY) -m evaluation.report $(if $(TASK),--task $(TASK)) $(if $(SWEEP),--sweep $(SWEEP)) $(if $(EXPERIMENT),--experiment $(EXPERIMENT))
 
 ui: $(STAMP)  ## open the MLflow UI over the run store on http://127.0.0.1:$(PORT)
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(VENV)/bin/mlflow ui --backend-store-uri $${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db} --host 127.0.0.1 --port $(PORT) --workers 1

@@ -10,10 +10,11 @@ Groups: task=, attention=, pooling=, model= (the backbone), experiment= (a paper
 key as section.key=value (see configs/train.yaml). Bad keys, names or types exit with code 2 and one
 line naming the valid choices, before anything is written.
 
-Each run is tracked in MLflow (experiment = task, run = <task>-<attention>-s<seed>; `make ui`) and
-checkpointed to runs/<run>/<time>/{last,best}.pt. Ctrl-C or SIGTERM saves and exits; running the same
-command again resumes (resume=auto), including the MLflow run. A NaN/inf loss stops the run and keeps
-the last good checkpoint. The final test metrics come from the best validation checkpoint.
+Each run is tracked in MLflow (experiment = task; run = <task>-<attention>[-<model>][-<pooling>]
+[-<experiment>]-s<seed>, naming only the non-default choices; `make ui`) and checkpointed to
+runs/<run>/<time>/{last,best}.pt. Ctrl-C or SIGTERM saves and exits; running the same command again
+resumes (resume=auto), including the MLflow run. A NaN/inf loss stops the run and keeps the last good
+checkpoint. The final test metrics come from the best validation checkpoint.
 """
 from __future__ import annotations
 
@@ -36,7 +37,8 @@ from lab import config
 from lab.checkpoint import find_resumable, load_checkpoint, new_run_dir, save_checkpoint
 from lab.config import ComponentGroup, Config
 from lab.data import EpochBatchSampler, batches_per_epoch, make_loader, to_device
-from lab.diagnostics import capture_attention, marginal_deviations, plot_attention_maps
+from lab.diagnostics import probe_model
+from lab.evaluate import evaluate_split, evaluate_test_split
 from lab.download import DataError
 from lab.hooks import collect_auxiliary_losses, run_after_step_hooks
 from lab.optim import build_optimizer, lr_at, set_lr
@@ -50,9 +52,9 @@ from tasks import TASKS, build_task
 # options are the keyword parameters of the registered constructor (`attention.eps=0.5`). The `task` row's
 # YAML files also name the task's default choice for the other rows. A new kind of component = one row.
 COMPONENTS = (
-    ComponentGroup("task", TASKS),
+    ComponentGroup("task", TASKS, always_named=True),
     ComponentGroup("model", BACKBONES),  # the backbone
-    ComponentGroup("attention", ATTENTIONS),
+    ComponentGroup("attention", ATTENTIONS, always_named=True),
     ComponentGroup("pooling", POOLINGS, required=False),  # unset: the backbone's own default pooling
 )
 
@@ -61,14 +63,29 @@ def load_config(args: list[str]) -> Config:
     """The validated config for command-line `args` (`python train.py ARGS`)."""
     return config.load_config(args, COMPONENTS)
 
-# keys that may change between an interrupted run and its continuation
+# keys that may change between an interrupted run and its continuation (labels and logging, not the training)
 RESUMABLE_CHANGES = {"resume", "device", "trainer.max_steps", "trainer.num_workers", "trainer.log_every",
-                     "tracking.uri", "tracking.system_metrics", "tracking.log_checkpoint"}
+                     "tracking.uri", "tracking.system_metrics", "tracking.log_checkpoint", "tracking.sweep",
+                     "tracking.diagnostics_every", "run_name", "experiment"}
 
 
 def fingerprint(cfg: Config) -> str:
     flat = {k: v for k, v in flatten(cfg.to_dict()).items() if k not in RESUMABLE_CHANGES}
     return hashlib.sha256(json.dumps(flat, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def build_task_and_model(cfg: Config, device: torch.device):
+    """The task (data loaded) and its model on `device`, with the run's seeded initial weights."""
+    task = build_task(cfg.task.name, data_root=Path(cfg.data.root), download=cfg.data.download, **cfg.task.options)
+    task.setup()
+    seed_everything(cfg.seed)  # identical initial weights on every rank
+    return task, task.build_model(cfg.model, cfg.attention, cfg.pooling).to(device)
+
+
+def pooling_in_use(model: torch.nn.Module) -> str:
+    """The registered pooling(s) a model holds (`max_mean`, `pma`...): what `pooling` means when left unset."""
+    classes = {POOLINGS.get(name): name for name in POOLINGS.names()}
+    return "+".join(sorted({classes[type(m)] for m in model.modules() if type(m) in classes})) or "none"
 
 
 class Trainer:
@@ -81,11 +98,7 @@ class Trainer:
                               f"and {tc.stage1_lr}")
         self.device = select_device(cfg.device)
         self.dist = Distributed(self.device)
-        self.task = build_task(cfg.task.name, data_root=Path(cfg.data.root), download=cfg.data.download,
-                               **cfg.task.options)
-        self.task.setup()
-        seed_everything(cfg.seed)  # identical initial weights on every rank
-        self.model = self.task.build_model(cfg.model, cfg.attention, cfg.pooling).to(self.device)
+        self.task, self.model = build_task_and_model(cfg, self.device)
         self.optimizer = build_optimizer(self.model, tc)
         self.splits = self.task.datasets()
         self.batches_per_epoch = batches_per_epoch(len(self.splits["train"]), tc.batch_size, self.dist.world_size)
@@ -95,6 +108,9 @@ class Trainer:
         self.fingerprint = fingerprint(cfg)
         self.step = self.epoch = self.batch_in_epoch = 0
         self.best_metric = -math.inf
+        self.validations = 0
+        self.train_seconds = 0.0  # training time over all sessions of this run (resumes included)
+        self.session_start = time.perf_counter()
         self.run_id: str | None = None
         self.run_dir: Path | None = None
         self._maybe_resume()
@@ -124,6 +140,7 @@ class Trainer:
         self.optimizer.load_state_dict(state["optimizer"])
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
         self.best_metric, self.run_id = state["best_metric"], state["mlflow_run_id"]
+        self.validations, self.train_seconds = state.get("validations", 0), state.get("train_seconds", 0.0)
         self.run_dir = path.parent
         set_rng_state(state["rng"])
         print(f"resuming {path} at step {self.step} (epoch {self.epoch}, batch {self.batch_in_epoch})", flush=True)
@@ -134,42 +151,34 @@ class Trainer:
         save_checkpoint({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
                          "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
                          "best_metric": self.best_metric, "rng": rng_state(), "config": self.cfg.to_dict(),
-                         "fingerprint": self.fingerprint, "mlflow_run_id": self.run_id},
+                         "fingerprint": self.fingerprint, "mlflow_run_id": self.run_id,
+                         "validations": self.validations, "train_seconds": self.elapsed_seconds()},
                         self.run_dir / f"{name}.pt")
 
     # -- evaluation -----------------------------------------------------------------------------
-    @torch.no_grad()
-    def evaluate(self, split: str):
-        dataset = self.splits[split]
-        sampler = EpochBatchSampler(len(dataset), self.cfg.trainer.batch_size, shuffle=False,
-                                    rank=self.dist.rank, world_size=self.dist.world_size)
-        loader = make_loader(dataset, sampler, self.task.collate, self.cfg.trainer.num_workers, self.device)
-        self.model.eval()
-        eval_step = self.task.eval_step_for(split)
-        parts: dict[str, list[torch.Tensor]] = {}
-        for batch in loader:
-            with autocast_context(self.device, self.cfg.trainer.precision):
-                out = eval_step(self.model, to_device(batch, self.device))
-            for key, value in out.items():
-                parts.setdefault(key, []).append(value.detach().float().cpu() if value.is_floating_point()
-                                                 else value.detach().cpu())
-        self.model.train()
-        outputs = self.dist.gather({key: torch.cat(values) for key, values in parts.items()})
-        return self.task.metrics(outputs, split)
+    def elapsed_seconds(self) -> float:
+        return self.train_seconds + time.perf_counter() - self.session_start
 
-    def _attention_probe(self, split: str = "val") -> list:
-        """Dense attention of every self-attention block on two examples (for diagnostics and figures)."""
-        dataset = self.splits[split]
-        batch = to_device(self.task.collate([dataset[i] for i in range(min(2, len(dataset)))]), self.device)
-        self.model.eval()
-        maps = capture_attention(self.model, lambda: self.task.eval_step(self.model, batch))
-        self.model.train()
-        return maps
+    def _evaluation_options(self) -> dict:
+        tc = self.cfg.trainer
+        return {"batch_size": tc.batch_size, "num_workers": tc.num_workers, "device": self.device,
+                "precision": tc.precision, "dist": self.dist}
+
+    def evaluate(self, split: str):
+        return evaluate_split(self.task, self.model, self.splits[split], split, **self._evaluation_options())
 
     def _validate(self, tracker: Tracker) -> None:
         evaluation = self.evaluate("val")
-        diagnostics = marginal_deviations(self._attention_probe()) if self.dist.is_main else {}
-        tracker.log_metrics({**{f"val/{k}": v for k, v in evaluation.metrics.items()}, **diagnostics}, self.step)
+        self.validations += 1
+        metrics = {f"val/{k}": v for k, v in evaluation.metrics.items()}
+        if self.dist.is_main:  # attention diagnostics on the first validation examples
+            probe = probe_model(self.task, self.model, self.splits["val"], self.device)
+            metrics.update(probe.metrics())
+            every = self.cfg.tracking.diagnostics_every
+            if every and self.validations % every == 0:
+                for name, draw in probe.figures().items():
+                    tracker.log_figure(draw(), f"diagnostics/{name}_step{self.step:07d}.png")
+        tracker.log_metrics(metrics, self.step)
         score = evaluation.metrics[self.task.monitor]
         summary = " ".join(f"{k} {v:.4f}" for k, v in evaluation.metrics.items())
         epoch = self.epoch + self.batch_in_epoch / self.batches_per_epoch
@@ -265,7 +274,8 @@ class Trainer:
         elapsed = time.perf_counter() - window["start"]
         metrics = {"train/loss": window["loss"] / max(1, window["count"]),
                    "train/samples_per_s": window["samples"] * self.dist.world_size / max(elapsed, 1e-9),
-                   "train/epoch": self.epoch + self.batch_in_epoch / self.batches_per_epoch, **stats,
+                   "train/epoch": self.epoch + self.batch_in_epoch / self.batches_per_epoch,
+                   "train/wall_seconds": self.elapsed_seconds(), **stats,
                    **{f"aux/{k}": float(v.detach()) for k, v in auxiliary.items()}}
         tracker.log_metrics(metrics, self.step)
         line = (f"loss {metrics['train/loss']:.4f} lr {stats['train/lr']:.2e} "
@@ -281,20 +291,15 @@ class Trainer:
         self.dist.barrier()  # rank 0 has finished writing best.pt
         if best.exists():
             self.model.load_state_dict(load_checkpoint(best)["model"])
-        evaluation = self.evaluate("test")
-        metrics = {f"test/{k}": v for k, v in evaluation.metrics.items()}
-        tracker.log_metrics(metrics, self.step)
-        for name, text in evaluation.texts.items():
-            tracker.log_text(text, f"samples/{name}")
-        if evaluation.tags:
-            tracker.set_tags(evaluation.tags)
-        if self.dist.is_main:
-            for name, draw in evaluation.figures.items():
-                tracker.log_figure(draw(), f"figures/{name}_test.png")
-            maps = self._attention_probe("test")
-            if maps:
-                tracker.log_figure(plot_attention_maps(maps), "figures/attention_maps_test.png")
-        return metrics
+        results = evaluate_test_split(self.task, self.model, self.splits["test"], **self._evaluation_options())
+        tracker.log_metrics(results.metrics, self.step)
+        for path, text in results.texts.items():
+            tracker.log_text(text, path)
+        if results.tags:
+            tracker.set_tags(results.tags)
+        for path, draw in results.figures.items():
+            tracker.log_figure(draw(), path)
+        return results.metrics
 
     def run(self) -> int:
         cfg = self.cfg
@@ -340,10 +345,12 @@ class Trainer:
         cfg = self.cfg
         num_params = sum(p.numel() for p in self.model.parameters())
         tracker.log_params({**flatten(cfg.to_dict()), "model.num_parameters": num_params, **self.task.describe()})
+        # identity tags, always set: reports group runs by these, never by parsing run names
         tracker.set_tags({"task": cfg.task.name, "attention": cfg.attention.name, "seed": cfg.seed,
-                          "pooling": cfg.pooling.name or "default", "backbone": cfg.model.name,
-                          "git_commit": git_commit(), "device": str(self.device), "run_dir": str(self.run_dir),
-                          "world_size": self.dist.world_size})
+                          "pooling": cfg.pooling.name or pooling_in_use(self.model), "model": cfg.model.name,
+                          "experiment": cfg.experiment or "none", "sweep": cfg.tracking.sweep or "none",
+                          "fingerprint": self.fingerprint, "git_commit": git_commit(), "device": str(self.device),
+                          "run_dir": str(self.run_dir.resolve()), "world_size": self.dist.world_size})
         if self.init_report is not None:
             tracker.set_tags(self.init_report.tags())
         if fresh:

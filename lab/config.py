@@ -15,6 +15,10 @@ Composition, later wins:
 4. `configs/experiment/<name>.yaml` (only the deltas of one paper setting; may hold `groups:`),
 5. dotted overrides from the command line.
 
+The run name says what differs from the task's defaults: `<task>-<attention>[-<model>][-<pooling>]
+[-<experiment>]-s<seed>`, the backbone and pooling named only when they are not the default choice of the
+task (or of the experiment), the experiment whenever one is applied; `run_name=NAME` sets it explicitly.
+
 Schema: the fixed sections are the dataclasses below (their fields' annotations and defaults are the
 schema); the component groups are the rows of a table the caller passes in (`train.py`'s `COMPONENTS`):
 each is a `Spec` whose options are checked against the registered constructor's signature (see
@@ -49,6 +53,7 @@ class ComponentGroup:
     key: str
     registry: Registry
     required: bool = True  # False: unset means `Spec(None)`, the builder's own default
+    always_named: bool = False  # in every run name; otherwise only when the choice is not the default one
 
 
 @dataclass
@@ -88,6 +93,8 @@ class TrackingConfig:
     experiment: str | None = None  # MLflow experiment; default = the task name
     log_checkpoint: bool = False  # also upload best.pt as a run artifact
     system_metrics: bool = True  # MLflow's CPU/GPU/memory sampling
+    diagnostics_every: int = 1  # validations between attention-diagnostic figures (0 = only the final test ones)
+    sweep: str | None = None  # the sweep this run belongs to (set by `make sweep`; logged as the `sweep` tag)
 
 
 @dataclass
@@ -101,6 +108,8 @@ class Config:
     trainer: TrainerConfig = field(default_factory=TrainerConfig)
     data: DataConfig = field(default_factory=DataConfig)
     tracking: TrackingConfig = field(default_factory=TrackingConfig)
+    experiment: str | None = None  # the paper preset applied (`experiment=NAME`, configs/experiment/); recorded
+    run_name: str | None = None  # MLflow run and checkpoint folder; null = derived from the choices (see above)
 
     def __getattr__(self, name: str) -> Spec:
         """`cfg.attention` is `cfg.components["attention"]` (only called for names that are not fields)."""
@@ -108,10 +117,6 @@ class Config:
         if name in components:
             return components[name]
         raise AttributeError(f"{type(self).__name__} has no attribute or component group '{name}'")
-
-    @property
-    def run_name(self) -> str:
-        return f"{self.task.name}-{self.attention.name}-s{self.seed}"
 
     def to_dict(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -243,7 +248,31 @@ def compose(args: list[str], components: Sequence[ComponentGroup]) -> dict[str, 
     tree = deep_merge(tree, experiment)
     for key, raw in overrides:
         apply_override(tree, key, raw, registries)
+    tree[EXPERIMENT] = cli_choices.get(EXPERIMENT)
+    if tree.get("run_name") is None:
+        default_choices = {key: experiment_choices.get(key) or task_sections[key].get("name") or defaults.get(key)
+                           for key in others}
+        tree["run_name"] = default_run_name(tree, default_choices, components)
     return tree
+
+
+def default_run_name(tree: dict[str, Any], default_choices: dict[str, str | None],
+                     components: Sequence[ComponentGroup]) -> str:
+    """`<task>-<attention>[-<model>][-<pooling>][-<experiment>]-s<seed>`: the `always_named` groups, then each
+    other group whose choice differs from `default_choices` (the task's or the experiment's), the experiment
+    when one is applied, and the seed: the name says what differs from the defaults."""
+    def chosen(group: ComponentGroup, name: Any) -> str | None:
+        return None if name is None else group.registry.canonical(str(name))
+
+    always = [group for group in components if group.always_named]
+    parts = [chosen(group, (tree.get(group.key) or {}).get("name")) for group in always]
+    for group in components:
+        choice = chosen(group, (tree.get(group.key) or {}).get("name"))
+        if group not in always and choice is not None and choice != chosen(group, default_choices.get(group.key)):
+            parts.append(choice)
+    if tree.get(EXPERIMENT):
+        parts.append(tree[EXPERIMENT])
+    return "-".join([*map(str, parts), f"s{tree.get('seed', Config.seed)}"])
 
 
 def apply_override(tree: dict[str, Any], key: str, raw: str, registries: dict[str, Registry]) -> None:

@@ -1,4 +1,4 @@
-"""MLflow tracking: one experiment per task, one run per (task, attention, seed) training run.
+"""MLflow tracking: one experiment per task, one run per training run (named by `Config.run_name`).
 
 The default store is MLflow's own `sqlite:///mlflow.db` in the project root; `MLFLOW_TRACKING_URI`
 wins when set (a shared team server). Only rank 0 talks to MLflow; other ranks get a no-op tracker.
@@ -23,6 +23,13 @@ def resolve_tracking_uri(configured: str) -> str:
     if uri.startswith(prefix) and not uri.startswith(prefix + "/"):
         uri = prefix + str((PROJECT_ROOT / uri[len(prefix):]).resolve())
     return uri
+
+
+def artifact_location(uri: str, experiment: str) -> str | None:
+    """Where a new experiment keeps its artifacts: beside a sqlite database (not in the cwd); else the server's."""
+    if uri.startswith("sqlite:///"):
+        return (Path(uri[len("sqlite:///"):]).parent / "mlartifacts" / experiment).as_uri()
+    return None
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -60,10 +67,7 @@ class Tracker:
         mlflow.set_tracking_uri(uri)
         experiment = cfg.tracking.experiment or cfg.task.name
         if mlflow.get_experiment_by_name(experiment) is None:
-            location = None
-            if uri.startswith("sqlite:///"):  # keep artifacts beside the database, not in the cwd
-                location = (Path(uri[len("sqlite:///"):]).parent / "mlartifacts" / experiment).as_uri()
-            mlflow.create_experiment(experiment, artifact_location=location)
+            mlflow.create_experiment(experiment, artifact_location=artifact_location(uri, experiment))
         mlflow.set_experiment(experiment)
         run = mlflow.start_run(run_id=run_id, run_name=None if run_id else cfg.run_name,
                                log_system_metrics=cfg.tracking.system_metrics)

@@ -18,6 +18,8 @@ The trainer (`train.py`) only talks to this interface. A task:
   ("val/accuracy"). `eval_step_for(split)` picks the step per split (the same `eval_step` unless a task
   evaluates splits differently, e.g. translation: greedy on val, beam search on test).
 * `monitor` names the validation metric that selects the best checkpoint (higher is better).
+* `report_metrics` names the test metrics a report shows for the task, headline first (`make eval` fills
+  them in for runs that lack them); empty = the monitor only.
 
 Task constructors: keyword parameters with defaults are the `task.*` config options; `data_root` and
 `download` come from the `data` section.
@@ -48,6 +50,12 @@ class Evaluation:
 
 class Task:
     monitor: ClassVar[str] = "accuracy"
+    report_metrics: ClassVar[tuple[str, ...]] = ()
+
+    @classmethod
+    def reported_metrics(cls) -> tuple[str, ...]:
+        """The test metrics a report shows (bare names, headline first)."""
+        return cls.report_metrics or (cls.monitor,)
 
     def __init__(self, *, data_root: Path, download: bool):
         self.data_root = Path(data_root)

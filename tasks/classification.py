@@ -25,6 +25,10 @@ class ClassificationTask(Task):
     class_names: Sequence[str] = ()
     top_k: tuple[int, ...] = ()  # also report `top{k}` accuracy (e.g. ImageNet's top-5)
 
+    @classmethod
+    def reported_metrics(cls) -> tuple[str, ...]:
+        return ("accuracy", *(f"top{k}" for k in cls.top_k), "mean_class_accuracy", "macro_f1")
+
     @property
     def num_classes(self) -> int:
         return len(self.class_names)

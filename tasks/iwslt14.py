@@ -69,6 +69,7 @@ def collate_pairs(items: list[dict[str, Tensor]]) -> dict[str, Tensor]:
 @register_task("iwslt14")
 class Iwslt14(Task):
     monitor = "bleu"
+    report_metrics = ("bleu", "bleu_tok")  # sacreBLEU's, and the tokenized one the literature reports
     folder = "iwslt14"
     archive = "de-en.tgz"
     url = "http://dl.fbaipublicfiles.com/fairseq/data/iwslt14/de-en.tgz"  # fairseq's mirror of the WIT3 release

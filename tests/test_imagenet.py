@@ -202,7 +202,7 @@ def runs_by_name(tmp: Path) -> dict:
 def test_softmax_run_learns_and_its_checkpoint_converts_with_init(tmp_path, learnable_root):
     assert train.main(run_args(tmp_path, learnable_root, "attention=softmax", "trainer.epochs=4")) == 0
     client, runs = runs_by_name(tmp_path)
-    softmax = runs["imagenet-softmax-s0"]
+    softmax = runs["imagenet-softmax-imagenet_tiny-s0"]
     assert softmax.data.metrics["test/accuracy"] > 0.4, "10 classes: chance is 0.1"
     assert "test/top5" in softmax.data.metrics
     best = Path(softmax.data.tags["run_dir"]) / "best.pt"
@@ -211,7 +211,7 @@ def test_softmax_run_learns_and_its_checkpoint_converts_with_init(tmp_path, lear
     assert train.main(run_args(tmp_path / "same", learnable_root, "attention=softmax", "trainer.epochs=0",
                                f"init={best}")) == 0
     client, runs = runs_by_name(tmp_path / "same")
-    (step0,) = client.get_metric_history(runs["imagenet-softmax-s0"].info.run_id, "val/accuracy")
+    (step0,) = client.get_metric_history(runs["imagenet-softmax-imagenet_tiny-s0"].info.run_id, "val/accuracy")
     best_val = max(m.value for m in runs_by_name(tmp_path)[0].get_metric_history(softmax.info.run_id, "val/accuracy"))
     assert step0.step == 0 and step0.value == best_val
 
@@ -219,7 +219,7 @@ def test_softmax_run_learns_and_its_checkpoint_converts_with_init(tmp_path, lear
     assert train.main(run_args(tmp_path, learnable_root, "attention=luna", "trainer.epochs=1", f"init={best}",
                                "trainer.stage1_steps=2", "trainer.stage1_target=outputs")) == 0
     client, runs = runs_by_name(tmp_path)
-    luna = runs["imagenet-luna-s0"]
+    luna = runs["imagenet-luna-imagenet_tiny-s0"]
     assert luna.info.status == "FINISHED"
     assert luna.data.tags["init"] == str(best) and luna.data.tags["init_sha256"] == file_digest(best, "sha256")
     assert "attn.core.feature_map" in luna.data.tags["init_new_tensors"]

@@ -186,14 +186,14 @@ def test_a_short_training_run_learns_the_synthetic_shapes(root, tracking, monkey
                       "model.neighbours=8", "model.num_tokens=32", "model.head_hidden=32", "model.head_dropout=0.0")
     metrics = run.data.metrics
     assert metrics["test/accuracy"] >= 0.5 and metrics["test/mean_class_accuracy"] >= 0.5  # chance: 1/8
-    assert run.data.params["data.classes"] == ",".join(SHAPE_CLASSES) and run.data.tags["backbone"] == "point_transformer"
+    assert run.data.params["data.classes"] == ",".join(SHAPE_CLASSES) and run.data.tags["model"] == "point_transformer"
 
 
 def test_set_transformer_trains_through_the_trainer(root, tracking, monkeypatch):
     """`model.name=` swaps the backbone: the task file leaves its sizes to each backbone's defaults."""
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     run = run_trainer(tracking, root, "model.name=set_transformer", "model.dim=32", "trainer.max_steps=2", "seed=1")
-    assert run.data.tags["backbone"] == "set_transformer" and run.data.params["model.num_inducing"] == "16"
+    assert run.data.tags["model"] == "set_transformer" and run.data.params["model.num_inducing"] == "16"
     assert "test/accuracy" in run.data.metrics and run.info.status == "FINISHED"
 
 

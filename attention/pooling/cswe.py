@@ -141,6 +141,15 @@ class ConstrainedSWEPooling(SWEPooling):
         """True while `eps: auto` is still measuring costs (reads a buffer: call outside forward)."""
         return self.auto_eps and int(self.eps_calibration_batches) < self.auto_eps_batches
 
+    @torch.no_grad()
+    def slice_diagnostics(self, x: Tensor, padding_mask: Tensor | None = None) -> dict[str, Tensor]:
+        """(L,) vectors for lab/diagnostics.py on the sets x (B, N, C): the slice weights softmax(−λ/τ), the
+        dual variables λ, and the violation d_l − ε of the hard lifted costs averaged over these sets."""
+        with torch.autocast(x.device.type, enabled=False):
+            x = self.float_sets(x, padding_mask)
+            costs = self.hard_slice_costs(x, self.slice_sets(x, padding_mask)).mean(0)  # (L,)
+        return {"weight": self.slice_weights(), "lambda": self.lambdas.clone(), "violation": costs - self.eps}
+
     # -- lab/hooks.py protocol ----------------------------------------------------------------
     def auxiliary_losses(self) -> dict[str, Tensor]:
         """Σ_l λ_l (d_l^soft − ε) of the last training forward (zero while λ = 0, e.g. calibrating ε)."""

@@ -74,13 +74,17 @@ class SWEPooling(Pooling):
     def forward(self, x: Tensor, padding_mask: Tensor | None = None) -> Tensor:
         """x: (B, N, C), padding_mask: (B, N) True = padding -> (B, output_dim). Computed in float32."""
         with torch.autocast(x.device.type, enabled=False):
-            x = at_least_float32(x)
-            if padding_mask is not None:  # padded rows never enter the arithmetic; zero them so junk can't leak
-                x = x.masked_fill(padding_mask.unsqueeze(-1), 0.0)
+            x = self.float_sets(x, padding_mask)
             sliced = self.slice_sets(x, padding_mask)
             if self.training:
                 self.observe_training_batch(x, padding_mask, sliced)
             return self.embed(sliced)
+
+    @staticmethod
+    def float_sets(x: Tensor, padding_mask: Tensor | None) -> Tensor:
+        """x in (at least) float32 with padded rows zeroed: they never enter the arithmetic, so junk can't leak."""
+        x = at_least_float32(x)
+        return x if padding_mask is None else x.masked_fill(padding_mask.unsqueeze(-1), 0.0)
 
     def slice_sets(self, x: Tensor, padding_mask: Tensor | None) -> SlicedSets:
         batch, length, _ = x.shape
