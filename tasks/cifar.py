@@ -50,7 +50,7 @@ def read_pickle(path: Path) -> dict:
         with open(path, "rb") as handle:
             entry = BatchUnpickler(handle, encoding="latin1").load()
     except (OSError, pickle.UnpicklingError, EOFError, ValueError, TypeError) as error:
-        raise DataError(f"cannot read {path} ({error}); delete the folder and prepare the data again") from None
+        raise DataError(f"cannot read {path}: {error}; delete the folder and prepare the data again") from None
     if not isinstance(entry, dict):
         raise DataError(f"{path} does not hold a CIFAR batch; delete the folder and prepare the data again")
     return {k.decode() if isinstance(k, bytes) else k: v for k, v in entry.items()}

@@ -26,6 +26,18 @@ def _isolated_tracking_uri():
         os.environ["MLFLOW_TRACKING_URI"] = saved
 
 
+@pytest.fixture(scope="session")
+def cifar_args(tmp_path_factory) -> list[str]:
+    """The arguments of a tiny cifar10 run on synthetic data (4 images per class: 36 train, 4 val, 20 test)."""
+    from tasks.cifar import Cifar10
+    from tasks.synthetic_cifar import write_synthetic_cifar
+
+    root = tmp_path_factory.mktemp("data")
+    write_synthetic_cifar(root / Cifar10.folder, Cifar10, train_per_class=4, test_per_class=2)
+    return ["task=cifar10", "attention=softmax", "model.dim=16", "model.depth=1", "model.num_heads=2",
+            "tracking.system_metrics=false", f"data.root={root}"]
+
+
 @pytest.fixture
 def padding():
     """`padding(n, valid)`: a (B, n) mask, True = padding, with `valid[b]` valid tokens at the front of row b."""
