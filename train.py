@@ -186,7 +186,8 @@ class Trainer:
         except Diverged:
             kept = f"the last good checkpoint is {last}" if last.exists() else \
                 "no checkpoint was written before it (validation writes them: see trainer.eval_every)"
-        self._print(f"error: {error}; training stopped: {kept}")
+        if self.dist.is_main:
+            print(f"error: {error}; training stopped: {kept}", file=sys.stderr, flush=True)
 
     # -- evaluation -----------------------------------------------------------------------------
     @torch.no_grad()

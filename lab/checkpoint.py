@@ -23,15 +23,12 @@ CHECKPOINT_KEYS = ("model", "optimizer", "step", "epoch", "batch_in_epoch", "bes
                    "fingerprint", "mlflow_run_id")
 
 
-def nonfinite_tensors(tree: Any, prefix: str = "") -> list[str]:
-    """Names of the floating-point tensors in a nested dict/list that hold a NaN or an infinity."""
+def nonfinite_tensors(tree: Any, name: str = "") -> list[str]:
+    """Dotted names of the floating-point tensors in a nested dict/list that hold a NaN or an infinity."""
     if isinstance(tree, torch.Tensor):
-        return [prefix] if tree.is_floating_point() and not bool(torch.isfinite(tree).all()) else []
-    if isinstance(tree, dict):
-        return [name for key, value in tree.items() for name in nonfinite_tensors(value, f"{prefix}{key}.")]
-    if isinstance(tree, (list, tuple)):
-        return [name for index, value in enumerate(tree) for name in nonfinite_tensors(value, f"{prefix}{index}.")]
-    return []
+        return [name] if tree.is_floating_point() and not bool(torch.isfinite(tree).all()) else []
+    items = tree.items() if isinstance(tree, dict) else enumerate(tree) if isinstance(tree, (list, tuple)) else ()
+    return [found for key, value in items for found in nonfinite_tensors(value, f"{name}.{key}" if name else str(key))]
 
 
 def save_checkpoint(state: dict[str, Any], path: Path) -> None:

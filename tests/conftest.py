@@ -38,6 +38,25 @@ def cifar_args(tmp_path_factory) -> list[str]:
             "tracking.system_metrics=false", f"data.root={root}"]
 
 
+@pytest.fixture(scope="session")
+def new_store(tmp_path_factory):
+    """`new_store(folder)` puts an empty MLflow SQLite store at folder/mlflow.db, copied from one created once
+    per session (creating a store runs MLflow's schema migrations: seconds each time)."""
+    import shutil
+
+    from mlflow.tracking import MlflowClient
+
+    template = tmp_path_factory.mktemp("store") / "mlflow.db"
+    MlflowClient(f"sqlite:///{template}").search_experiments()
+
+    def put(folder):
+        folder.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(template, folder / "mlflow.db")
+        return f"sqlite:///{folder / 'mlflow.db'}"
+
+    return put
+
+
 @pytest.fixture
 def padding():
     """`padding(n, valid)`: a (B, n) mask, True = padding, with `valid[b]` valid tokens at the front of row b."""
