@@ -157,7 +157,7 @@ class Trainer:
         self.best_metric, self.run_id = state["best_metric"], state["mlflow_run_id"]
         self.run_dir = path.parent
         set_rng_state(state["rng"])
-        print(f"resuming {path} at step {self.step} (epoch {self.epoch}, batch {self.batch_in_epoch})", flush=True)
+        self._print(f"resuming {path} at step {self.step} (epoch {self.epoch}, batch {self.batch_in_epoch})")
 
     def _save(self, name: str) -> None:
         """Rank 0 writes `<run dir>/<name>.pt`. A state holding a non-finite number is never written (Diverged
@@ -166,7 +166,7 @@ class Trainer:
         broken = nonfinite_tensors({"model": model, "optimizer": optimizer["state"]})
         if broken:
             raise Diverged(f"non-finite values in {len(broken)} tensors after step {self.step} (e.g. {broken[0]})")
-        self.dist.check_identical(model)
+        self.state_digest = self.dist.check_identical(model)
         if self.dist.is_main:
             save_checkpoint({"model": model, "optimizer": optimizer, "step": self.step, "epoch": self.epoch,
                              "batch_in_epoch": self.batch_in_epoch, "best_metric": self.best_metric,
@@ -392,6 +392,8 @@ class Trainer:
             stop.restore()
             self.dist.close()
         tracker.end("FINISHED")
+        if self.dist.world_size > 1:
+            self._print(f"the model is identical on all {self.dist.world_size} ranks (sha256 {self.state_digest[:16]})")
         self._print("test: " + " ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
         self._print(tracker.ui_hint())
         return 0

@@ -175,8 +175,9 @@ class StopSignal:
     def _handle(self, signum, frame):
         self.received = signum
         signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))
-        print(f"\nreceived {signal.Signals(signum).name}: saving a checkpoint at the end of this step",
-              flush=True)
+        if process_rank() == 0:
+            print(f"\nreceived {signal.Signals(signum).name}: saving a checkpoint at the end of this step",
+                  flush=True)
 
     def restore(self) -> None:
         for signum, handler in self._previous.items():

@@ -104,6 +104,7 @@ class Tracker:
     def __init__(self, cfg: Config, run_id: str | None, enabled: bool = True):
         self.enabled = enabled
         self.run_id = run_id
+        self.continued_from = None  # the checkpoint's run when it is not in this store (a new run continues it)
         if not enabled:
             return
         import mlflow
@@ -119,7 +120,6 @@ class Tracker:
                 location = (Path(uri[len("sqlite:///"):]).parent / "mlartifacts" / experiment).as_uri()
             mlflow.create_experiment(experiment, artifact_location=location)
         mlflow.set_experiment(experiment)
-        self.continued_from = None  # the checkpoint's run when it is not in this store
         if run_id is not None and not self._resumable(run_id):
             print(f"note: the checkpoint's MLflow run {run_id} is not in {uri}; continuing in a new run there "
                   "(tag resumed_from_run), whose metrics start at the checkpoint's step", flush=True)
