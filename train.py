@@ -4,7 +4,7 @@
     python train.py task=modelnet40 attention=lotformer trainer.epochs=50 model.depth=4
     python train.py experiment=modelnet_set_transformer attention=sinkhorn
     python train.py --print-config task=cifar10 attention=luna        # show the resolved config, exit
-    torchrun --nproc_per_node=2 train.py task=cifar10 attention=luna  # data parallel (gloo/NCCL)
+    torchrun --standalone --nproc_per_node=2 train.py task=cifar10    # data parallel (gloo/NCCL); make train NPROC=2
 
 Groups: task=, attention=, pooling=, model= (the backbone), experiment= (a paper preset); any other
 key as section.key=value (see configs/train.yaml). Bad keys, names or types exit with code 2 and one
@@ -12,8 +12,9 @@ line naming the valid choices, before anything is written.
 
 Each run is tracked in MLflow (experiment = task, run = <task>-<attention>-s<seed>; `make ui`) and
 checkpointed to runs/<run>/<time>/{last,best}.pt. Ctrl-C or SIGTERM saves and exits; running the same
-command again resumes (resume=auto), including the MLflow run. A NaN/inf loss stops the run and keeps
-the last good checkpoint. The final test metrics come from the best validation checkpoint.
+command again resumes (resume=auto), including the MLflow run. A NaN/inf loss or gradient norm stops the
+run before the update; no checkpoint ever holds a non-finite number. The tracking store is checked to answer
+before any data is loaded. The final test metrics come from the best validation checkpoint.
 """
 from __future__ import annotations
 
