@@ -35,7 +35,8 @@ from attention.registry import ATTENTIONS
 from backbones import BACKBONES
 from backbones.pretrained import InitReport, load_initial_weights
 from lab import config
-from lab.checkpoint import find_resumable, load_checkpoint, new_run_dir, nonfinite_tensors, save_checkpoint
+from lab.checkpoint import (CHECKPOINT_KEYS, find_resumable, load_checkpoint, new_run_dir, nonfinite_tensors,
+                            save_checkpoint)
 from lab.config import ComponentGroup, Config
 from lab.data import EpochBatchSampler, batches_per_epoch, make_loader, to_device
 from lab.diagnostics import capture_attention, marginal_deviations, plot_attention_maps
@@ -141,7 +142,7 @@ class Trainer:
                 return
         else:
             path = Path(resume)
-        state = load_checkpoint(path)
+        state = load_checkpoint(path, CHECKPOINT_KEYS)
         if state["fingerprint"] != self.fingerprint:
             self._print(f"warning: {path} was written with a different config; resuming it anyway")
         try:

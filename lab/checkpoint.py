@@ -46,8 +46,9 @@ def save_checkpoint(state: dict[str, Any], path: Path) -> None:
         stale.unlink(missing_ok=True)
 
 
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    """The checkpoint dict at `path`, or ConfigError saying in one line why it cannot be used."""
+def load_checkpoint(path: Path, required: tuple[str, ...] = ("model",)) -> dict[str, Any]:
+    """The checkpoint dict at `path` holding the `required` entries (a resume needs `CHECKPOINT_KEYS`), or
+    ConfigError saying in one line why it cannot be used."""
     path = Path(path)
     try:
         state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)  # tensors read on use
@@ -67,7 +68,7 @@ def load_checkpoint(path: Path) -> dict[str, Any]:
         size = path.stat().st_size if path.is_file() else 0
         raise ConfigError(f"checkpoint {path} is truncated or not a PyTorch checkpoint ({size} bytes); "
                           "it cannot be loaded") from None
-    missing = [key for key in CHECKPOINT_KEYS if not isinstance(state, dict) or key not in state]
+    missing = [key for key in required if not isinstance(state, dict) or key not in state]
     if missing:
         raise ConfigError(f"checkpoint {path} is not a checkpoint written by train.py (no {', '.join(missing)})")
     return state
@@ -92,7 +93,7 @@ def find_resumable(output_dir: Path, run_name: str, fingerprint: str, planned_st
     runs = sorted((Path(output_dir) / run_name).glob("*/last.pt"), key=lambda p: p.stat().st_mtime, reverse=True)
     for path in runs:
         try:
-            state = load_checkpoint(path)
+            state = load_checkpoint(path, CHECKPOINT_KEYS)
         except ConfigError as error:
             raise ConfigError(f"resume=auto: {error}; move it out of {path.parent.parent} to resume an older "
                               "checkpoint, or pass resume=null to start afresh") from None

@@ -54,7 +54,7 @@ class ComponentGroup:
 
 @dataclass
 class TrainerConfig:
-    epochs: Annotated[int, AtLeast(1)] = 10  # passes over the training set; defines the LR schedule length
+    epochs: Annotated[int, AtLeast(0)] = 10  # passes over the training set; defines the LR schedule length (0: evaluate only)
     max_steps: Annotated[int, AtLeast(0)] = 0  # stop after this many optimizer steps (0 = no limit); the schedule is unchanged
     batch_size: Annotated[int, AtLeast(1)] = 64  # per process (torchrun: the global batch is this x the process count)
     lr: Annotated[float, Above(0)] = 1e-3  # peak learning rate

@@ -32,7 +32,6 @@ PROJECT = Path(__file__).resolve().parent.parent
     ("trainer.batch_size=0", "trainer.batch_size must be >= 1, got 0"),
     ("trainer.accumulate=0", "trainer.accumulate must be >= 1, got 0"),
     ("trainer.log_every=0", "trainer.log_every must be >= 1, got 0"),
-    ("trainer.epochs=0", "trainer.epochs must be >= 1"),
     ("trainer.lr=0", "trainer.lr must be > 0"),
     ("trainer.lr=.nan", "trainer.lr must be > 0, got nan"),
     ("trainer.beta2=1", "trainer.beta2 must be >= 0 and < 1, got 1"),
