@@ -88,3 +88,9 @@ def test_ranks_whose_models_drift_apart_are_caught_before_a_checkpoint(monkeypat
     monkeypatch.setattr(runtime.dist, "all_gather_object", gather("drifted"))
     with pytest.raises(RuntimeError, match="the model differs across data-parallel ranks"):
         ranks.check_identical(state)
+
+
+def test_make_train_nproc_launches_torchrun():
+    dry_run = subprocess.run(["make", "--no-print-directory", "-n", "-o", ".venv/.installed", "train", "NPROC=2",
+                              "TASK=cifar10"], cwd=PROJECT, capture_output=True, text=True, check=True).stdout
+    assert dry_run.split() == [".venv/bin/torchrun", "--standalone", "--nproc_per_node=2", "train.py", "task=cifar10"]
