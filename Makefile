@@ -21,6 +21,10 @@ SWEEP  ?=
 SYNTHETIC ?=
 ROOT   ?= ./data
 PORT   ?= 5000
+NPROC  ?=
+HOST   ?= 127.0.0.1
+STORE  ?= sqlite:///mlflow.db
+ARTIFACTS ?= ./mlartifacts
 BENCH_ARGS ?=
 
 export MLFLOW_DISABLE_TELEMETRY := true
@@ -29,12 +33,16 @@ OVERRIDES = $(if $(TASK),task=$(TASK)) $(if $(ATTN),attention=$(ATTN)) $(if $(PO
             $(if $(EPOCHS),trainer.epochs=$(EPOCHS)) $(if $(SEED),seed=$(SEED)) $(ARGS)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup train data sweep eval ui test bench clean
+.PHONY: help setup train data sweep eval ui server test bench clean
+
+# NPROC=N: data parallel over N processes on this machine (torchrun; gloo on CPU, NCCL on GPU)
+LAUNCH = $(if $(NPROC),$(VENV)/bin/torchrun --standalone --nproc_per_node=$(NPROC),$(PY))
 
 help:  ## list the targets
 	@grep -hE '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  make %-8s %s\n", $$1, $$2}'
-	@echo "  variables: TASK ATTN POOL EPOCHS SEED ARGS (train); ATTNS POOLS SEEDS EXPERIMENT SWEEP (sweep);"
-	@echo "             TASK SWEEP EXPERIMENT (eval); SYNTHETIC ROOT (data); BENCH_ARGS (bench)"
+	@echo "  variables: TASK ATTN POOL EPOCHS SEED ARGS NPROC (train); ATTNS POOLS SEEDS EXPERIMENT SWEEP (sweep);"
+	@echo "             TASK SWEEP EXPERIMENT (eval); SYNTHETIC ROOT (data); STORE ARTIFACTS HOST PORT (server);"
+	@echo "             BENCH_ARGS (bench)"
 
 setup: $(STAMP)  ## create .venv and install the project (again whenever pyproject.toml changes)
 
@@ -44,8 +52,8 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet -e '.[test]'
 	touch $(STAMP)
 
-train: $(STAMP)  ## train one model: make train TASK=cifar10 ATTN=esp EPOCHS=5 ARGS="trainer.lr=3e-4"
-	$(PY) train.py $(OVERRIDES)
+train: $(STAMP)  ## train one model: make train TASK=cifar10 ATTN=esp EPOCHS=5 ARGS="trainer.lr=3e-4" [NPROC=2]
+	$(LAUNCH) train.py $(OVERRIDES)
 
 data: $(STAMP)  ## download, verify and preprocess a dataset: make data TASK=cifar10 [SYNTHETIC=1] [ROOT=./data] [OPTIONS="dataset=flip_scl"]
 	$(PY) -m tasks.prepare $(or $(TASK),cifar10) --root $(ROOT) $(if $(SYNTHETIC),--synthetic) $(foreach o,$(OPTIONS),--option $(o))
@@ -59,6 +67,10 @@ eval: $(STAMP)  ## test metrics for tracked runs that lack them + report in repo
 
 ui: $(STAMP)  ## open the MLflow UI over the run store on http://127.0.0.1:$(PORT)
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(VENV)/bin/mlflow ui --backend-store-uri $${MLFLOW_TRACKING_URI:-sqlite:///mlflow.db} --host 127.0.0.1 --port $(PORT) --workers 1
+
+server: $(STAMP)  ## shared MLflow tracking server: make server [STORE=postgresql://user@host/db] [HOST=0.0.0.0] [PORT=5000]
+	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false $(VENV)/bin/mlflow server --backend-store-uri $(STORE) \
+	  --artifacts-destination $(ARTIFACTS) --host $(HOST) --port $(PORT) --workers 1
 
 test: $(STAMP)  ## run the test suite (what CI runs)
 	$(PY) -m pytest -q

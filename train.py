@@ -4,7 +4,7 @@
     python train.py task=modelnet40 attention=lotformer trainer.epochs=50 model.depth=4
     python train.py experiment=modelnet_set_transformer attention=sinkhorn
     python train.py --print-config task=cifar10 attention=luna        # show the resolved config, exit
-    torchrun --nproc_per_node=2 train.py task=cifar10 attention=luna  # data parallel (gloo/NCCL)
+    torchrun --standalone --nproc_per_node=2 train.py task=cifar10    # data parallel (gloo/NCCL); make train NPROC=2
 
 Groups: task=, attention=, pooling=, model= (the backbone), experiment= (a paper preset); any other
 key as section.key=value (see configs/train.yaml). Bad keys, names or types exit with code 2 and one
@@ -13,8 +13,9 @@ line naming the valid choices, before anything is written.
 Each run is tracked in MLflow (experiment = task; run = <task>-<attention>[-<model>][-<pooling>]
 [-<experiment>]-s<seed>, naming only the non-default choices; `make ui`) and checkpointed to
 runs/<run>/<time>/{last,best}.pt. Ctrl-C or SIGTERM saves and exits; running the same command again
-resumes (resume=auto), including the MLflow run. A NaN/inf loss stops the run and keeps the last good
-checkpoint. The final test metrics come from the best validation checkpoint.
+resumes (resume=auto), including the MLflow run. A NaN/inf loss or gradient norm stops the run before the
+update; no checkpoint ever holds a non-finite number. The tracking store is checked to answer before any
+data is loaded. The final test metrics come from the best validation checkpoint.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ import hashlib
 import itertools
 import json
 import math
+import signal
 import sys
 import time
 from pathlib import Path
@@ -34,18 +36,19 @@ from attention.registry import ATTENTIONS
 from backbones import BACKBONES
 from backbones.pretrained import InitReport, load_initial_weights
 from lab import config
-from lab.checkpoint import find_resumable, load_checkpoint, new_run_dir, save_checkpoint
+from lab.checkpoint import (CHECKPOINT_KEYS, find_resumable, load_checkpoint, new_run_dir, nonfinite_tensors,
+                            save_checkpoint)
 from lab.config import ComponentGroup, Config
 from lab.data import EpochBatchSampler, batches_per_epoch, make_loader, to_device
 from lab.diagnostics import probe_model
+from lab.download import DataError, require_folder
 from lab.evaluate import evaluate_split, evaluate_test_split
-from lab.download import DataError
 from lab.hooks import collect_auxiliary_losses, run_after_step_hooks
 from lab.optim import build_optimizer, lr_at, set_lr
 from lab.registry import ConfigError
-from lab.runtime import (Distributed, StopSignal, autocast_context, rng_state, seed_everything, select_device,
-                         set_rng_state, step_seed)
-from lab.tracking import Tracker, flatten, git_commit
+from lab.runtime import (Distributed, StopSignal, autocast_context, process_rank, rng_state, seed_everything,
+                         select_device, set_rng_state, step_seed)
+from lab.tracking import Tracker, check_store, flatten, git_commit, resolve_tracking_uri
 from tasks import TASKS, build_task
 
 # The component table: each row is a config group chosen by name (`attention=esp`) from a registry, whose
@@ -88,14 +91,35 @@ def pooling_in_use(model: torch.nn.Module) -> str:
     return "+".join(sorted({classes[type(m)] for m in model.modules() if type(m) in classes})) or "none"
 
 
+def preflight(cfg: Config) -> None:
+    """The run's surroundings, checked before any data is loaded and before anything is written: the folders
+    it will write to can be folders, and the tracking store answers (rank 0 talks to it; at most seconds)."""
+    require_folder(Path(cfg.data.root), "data.root")
+    require_folder(Path(cfg.output_dir), "output_dir")
+    if process_rank() == 0:
+        check_store(resolve_tracking_uri(cfg.tracking.uri))
+
+
+class Diverged(Exception):
+    """A non-finite loss, gradient or weight: training stops, and no such state is ever saved."""
+
+
+def describe_mismatch(model: torch.nn.Module, saved: dict[str, torch.Tensor]) -> str:
+    """How a saved state dict differs from `model`'s, in a few words."""
+    own = model.state_dict()
+    missing = [key for key in own if key not in saved]
+    unexpected = [key for key in saved if key not in own]
+    reshaped = [key for key in own if key in saved and saved[key].shape != own[key].shape]
+    parts = [f"{len(keys)} {what} (e.g. {keys[0]})" for keys, what in
+             ((missing, "missing"), (unexpected, "unexpected"), (reshaped, "differently shaped")) if keys]
+    return ", ".join(parts) or "same tensors"
+
+
 class Trainer:
     """Builds everything from a validated Config (errors here happen before MLflow is touched)."""
 
     def __init__(self, cfg: Config):
         self.cfg, tc = cfg, cfg.trainer
-        if tc.stage1_steps < 0 or tc.stage1_lr <= 0:
-            raise ConfigError(f"trainer.stage1_steps must be >= 0 and trainer.stage1_lr > 0, got {tc.stage1_steps} "
-                              f"and {tc.stage1_lr}")
         self.device = select_device(cfg.device)
         self.dist = Distributed(self.device)
         self.task, self.model = build_task_and_model(cfg, self.device)
@@ -106,7 +130,7 @@ class Trainer:
         self.total_steps = tc.epochs * self.steps_per_epoch
         self.planned_steps = min(self.total_steps, tc.max_steps) if tc.max_steps else self.total_steps
         self.fingerprint = fingerprint(cfg)
-        self.step = self.epoch = self.batch_in_epoch = 0
+        self.step = self.epoch = self.batch_in_epoch = self.step_start = 0  # step_start: the step's first batch
         self.best_metric = -math.inf
         self.validations = 0
         self.train_seconds = 0.0  # training time over all sessions of this run (resumes included)
@@ -127,33 +151,64 @@ class Trainer:
         resume = self.cfg.resume
         if resume in (None, "", "none", "null"):
             return
-        if resume == "auto":
-            path = find_resumable(Path(self.cfg.output_dir), self.cfg.run_name, self.fingerprint, self.planned_steps)
+        if resume == "auto":  # rank 0 picks, every rank loads the same file
+            path = self.dist.broadcast(find_resumable(Path(self.cfg.output_dir), self.cfg.run_name, self.fingerprint,
+                                                      self.planned_steps) if self.dist.is_main else None)
             if path is None:
                 return
         else:
             path = Path(resume)
-        state = load_checkpoint(path)
-        if state.get("fingerprint") != self.fingerprint:
-            print(f"warning: {path} was written with a different config; resuming it anyway", flush=True)
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        state = load_checkpoint(path, CHECKPOINT_KEYS)
+        if state["fingerprint"] != self.fingerprint:
+            self._print(f"warning: {path} was written with a different config; resuming it anyway")
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as error:
+            written = state["config"]
+            names = " ".join(f"{key}={written.get(key, {}).get('name')}" for key in ("task", "model", "attention"))
+            mismatch = describe_mismatch(self.model, state["model"]) if isinstance(error, RuntimeError) else \
+                "its optimizer state does not match these parameters"
+            raise ConfigError(f"resume={path} does not fit this model ({mismatch}); it was written by {names} with "
+                              "its own options: resume it with that config, or pass resume=null") from None
         self.step, self.epoch, self.batch_in_epoch = state["step"], state["epoch"], state["batch_in_epoch"]
         self.best_metric, self.run_id = state["best_metric"], state["mlflow_run_id"]
         self.validations, self.train_seconds = state.get("validations", 0), state.get("train_seconds", 0.0)
         self.run_dir = path.parent
         set_rng_state(state["rng"])
-        print(f"resuming {path} at step {self.step} (epoch {self.epoch}, batch {self.batch_in_epoch})", flush=True)
+        self._print(f"resuming {path} at step {self.step} (epoch {self.epoch}, batch {self.batch_in_epoch})")
 
     def _save(self, name: str) -> None:
-        if not self.dist.is_main:
-            return
-        save_checkpoint({"model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
-                         "step": self.step, "epoch": self.epoch, "batch_in_epoch": self.batch_in_epoch,
-                         "best_metric": self.best_metric, "rng": rng_state(), "config": self.cfg.to_dict(),
-                         "fingerprint": self.fingerprint, "mlflow_run_id": self.run_id,
-                         "validations": self.validations, "train_seconds": self.elapsed_seconds()},
-                        self.run_dir / f"{name}.pt")
+        """Rank 0 writes `<run dir>/<name>.pt`. A state holding a non-finite number is never written (Diverged
+        instead); with several ranks, their models are first checked to be identical."""
+        model, optimizer = self.model.state_dict(), self.optimizer.state_dict()
+        broken = nonfinite_tensors({"model": model, "optimizer": optimizer["state"]})
+        if broken:
+            raise Diverged(f"non-finite values in {len(broken)} tensors after step {self.step} (e.g. {broken[0]})")
+        self.state_digest = self.dist.check_identical(model)
+        if self.dist.is_main:
+            save_checkpoint({"model": model, "optimizer": optimizer, "step": self.step, "epoch": self.epoch,
+                             "batch_in_epoch": self.batch_in_epoch, "best_metric": self.best_metric,
+                             "rng": rng_state(), "config": self.cfg.to_dict(), "fingerprint": self.fingerprint,
+                             "mlflow_run_id": self.run_id,
+                             "validations": self.validations, "train_seconds": self.elapsed_seconds()},
+                            self.run_dir / f"{name}.pt")
+
+    def _stop_after_divergence(self, error: Diverged, tracker: Tracker) -> None:
+        """Report the divergence and keep the last good state: the state before the failing step when it is
+        finite (written as last.pt), else the last checkpoint written."""
+        tracker.set_tags({"failure": str(error)})
+        last = self.run_dir / "last.pt"
+        self.batch_in_epoch = self.step_start  # the failing step's batches are not part of the kept state
+        try:
+            self._save("last")
+            kept = f"the state before it (step {self.step}) is kept in {last}; continue from it with other " \
+                   f"settings (e.g. a smaller trainer.lr) by adding resume={last}"
+        except Diverged:
+            kept = f"the last good checkpoint is {last}" if last.exists() else \
+                "no checkpoint was written before it (validation writes them: see trainer.eval_every)"
+        if self.dist.is_main:
+            print(f"error: {error}; training stopped: {kept}", file=sys.stderr, flush=True)
 
     # -- evaluation -----------------------------------------------------------------------------
     def elapsed_seconds(self) -> float:
@@ -197,10 +252,13 @@ class Trainer:
         tc = self.cfg.trainer
         lr = lr_at(self.step, self.total_steps, tc)
         set_lr(self.optimizer, lr)
-        stats = {"train/lr": lr}
+        parameters = [p for p in self.model.parameters() if p.grad is not None]
+        norm = float(torch.nn.utils.get_total_norm([p.grad for p in parameters]))  # identical on every rank
+        if not math.isfinite(norm):
+            raise Diverged(f"non-finite gradient norm ({norm}) at step {self.step + 1}")
         if tc.grad_clip > 0:
-            norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), tc.grad_clip)
-            stats["train/grad_norm"] = float(norm)
+            torch.nn.utils.clip_grads_with_norm_(parameters, tc.grad_clip, torch.tensor(norm))
+        stats = {"train/lr": lr, "train/grad_norm": norm}
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         stats.update(run_after_step_hooks(self.model))
@@ -208,11 +266,13 @@ class Trainer:
         return stats
 
     def _train(self, tracker: Tracker, stop: StopSignal) -> str:
-        """Train until the planned step count; returns "done", "stopped" or "diverged"."""
+        """Train until the planned step count; returns "done" or "stopped"; raises Diverged."""
         cfg, tc = self.cfg, self.cfg.trainer
         train_set = self.splits["train"]
         window = {"loss": 0.0, "count": 0, "samples": 0, "start": time.perf_counter()}
         self.train_model.train()
+        self.step_start = self.batch_in_epoch  # the batch the current optimizer step began with
+        stopping = False
         while self.epoch < tc.epochs and self.step < self.planned_steps:
             sampler = EpochBatchSampler(len(train_set), tc.batch_size, shuffle=True, seed=cfg.seed, epoch=self.epoch,
                                         start=self.batch_in_epoch, rank=self.dist.rank,
@@ -229,10 +289,7 @@ class Trainer:
                     auxiliary = collect_auxiliary_losses(self.model)
                 total = loss + sum(auxiliary.values()) if auxiliary else loss
                 if self.dist.any(not bool(torch.isfinite(total))):
-                    self._print(f"error: non-finite loss ({float(total.detach())}) at step {self.step + 1}; stopping. "
-                                f"The last good checkpoint is kept in {self.run_dir}")
-                    tracker.set_tags({"failure": f"non-finite loss at step {self.step + 1}"})
-                    return "diverged"
+                    raise Diverged(f"non-finite loss ({float(total.detach())}) at step {self.step + 1}")
                 (total / tc.accumulate).backward()
                 self.batch_in_epoch += 1
                 window["loss"] += float(loss.detach())
@@ -243,20 +300,22 @@ class Trainer:
                 if self.batch_in_epoch % tc.accumulate and self.batch_in_epoch < self.batches_per_epoch:
                     continue
                 stats = self._optimizer_step()
+                self.step_start = self.batch_in_epoch
                 if self.step % tc.log_every == 0 or self.step == self.planned_steps:
                     self._log_train(tracker, window, stats, auxiliary, progress)
                 if tc.eval_every and self.step % tc.eval_every == 0:
                     self._validate(tracker)
-                if self.step >= self.planned_steps or stop.received is not None:
+                stopping = self.dist.any(stop.received is not None)  # every rank stops after the same step
+                if self.step >= self.planned_steps or stopping:
                     break
             if progress is not None:
                 progress.close()
             if self.batch_in_epoch >= self.batches_per_epoch:
                 self.epoch += 1
-                self.batch_in_epoch = 0
+                self.batch_in_epoch = self.step_start = 0
                 if not tc.eval_every:
                     self._validate(tracker)
-            if stop.received is not None:
+            if stopping:
                 self._save("last")
                 return "stopped"
         self._save("last")
@@ -272,8 +331,8 @@ class Trainer:
 
     def _log_train(self, tracker, window, stats, auxiliary, progress) -> None:
         elapsed = time.perf_counter() - window["start"]
-        metrics = {"train/loss": window["loss"] / max(1, window["count"]),
-                   "train/samples_per_s": window["samples"] * self.dist.world_size / max(elapsed, 1e-9),
+        loss, count, samples = self.dist.sum([window["loss"], window["count"], window["samples"]])  # all ranks
+        metrics = {"train/loss": loss / max(1, count), "train/samples_per_s": samples / max(elapsed, 1e-9),
                    "train/epoch": self.epoch + self.batch_in_epoch / self.batches_per_epoch,
                    "train/wall_seconds": self.elapsed_seconds(), **stats,
                    **{f"aux/{k}": float(v.detach()) for k, v in auxiliary.items()}}
@@ -304,26 +363,30 @@ class Trainer:
     def run(self) -> int:
         cfg = self.cfg
         fresh = self.run_dir is None
-        if fresh and self.dist.is_main:
-            self.run_dir = new_run_dir(Path(cfg.output_dir), cfg.run_name)
-            (self.run_dir / "config.yaml").write_text(cfg.to_yaml())
-        self.run_dir = self.dist.broadcast(self.run_dir)
-        tracker = Tracker(cfg, self.run_id, enabled=self.dist.is_main)
-        self.run_id = tracker.run_id
+        tracker = Tracker(cfg, self.run_id, enabled=self.dist.is_main)  # the store answered preflight's check
+        self.run_id = self.dist.broadcast(tracker.run_id)
         stop = StopSignal()
         try:
-            self._log_run_info(tracker, fresh)
-            if fresh and self.init_report is not None:
-                if cfg.trainer.stage1_steps:
-                    self._fit_new_attention(tracker)
-                self._validate(tracker)  # the initial weights' score, at step 0
-            if self.dist.world_size > 1:  # wrapped after stage 1: DDP starts every rank from rank 0's weights
-                self.train_model = torch.nn.parallel.DistributedDataParallel(self.model)
-            outcome = self._train(tracker, stop)
+            if fresh and self.dist.is_main:
+                self.run_dir = new_run_dir(Path(cfg.output_dir), cfg.run_name)
+                (self.run_dir / "config.yaml").write_text(cfg.to_yaml())
+            self.run_dir = self.dist.broadcast(self.run_dir)
+            self._log_run_info(tracker, fresh or tracker.continued_from is not None)
+            try:
+                if fresh and self.init_report is not None:
+                    if cfg.trainer.stage1_steps:
+                        self._fit_new_attention(tracker)
+                    self._validate(tracker)  # the initial weights' score, at step 0
+                if self.dist.world_size > 1:  # wrapped after stage 1: DDP starts every rank from rank 0's weights
+                    self.train_model = torch.nn.parallel.DistributedDataParallel(self.model)
+                outcome = self._train(tracker, stop)
+            except Diverged as error:
+                self._stop_after_divergence(error, tracker)
+                outcome = "diverged"
             if outcome == "stopped":
                 tracker.end("KILLED")
                 self._print(f"stopped at step {self.step}; run the same command again to resume")
-                return 128 + stop.received
+                return 128 + (stop.received or signal.SIGTERM)
             if outcome == "diverged":
                 tracker.end("FAILED")
                 return 1
@@ -337,11 +400,13 @@ class Trainer:
             stop.restore()
             self.dist.close()
         tracker.end("FINISHED")
+        if self.dist.world_size > 1:
+            self._print(f"the model is identical on all {self.dist.world_size} ranks (sha256 {self.state_digest[:16]})")
         self._print("test: " + " ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
         self._print(tracker.ui_hint())
         return 0
 
-    def _log_run_info(self, tracker: Tracker, fresh: bool) -> None:
+    def _log_run_info(self, tracker: Tracker, new_run: bool) -> None:
         cfg = self.cfg
         num_params = sum(p.numel() for p in self.model.parameters())
         tracker.log_params({**flatten(cfg.to_dict()), "model.num_parameters": num_params, **self.task.describe()})
@@ -353,7 +418,7 @@ class Trainer:
                           "run_dir": str(self.run_dir.resolve()), "world_size": self.dist.world_size})
         if self.init_report is not None:
             tracker.set_tags(self.init_report.tags())
-        if fresh:
+        if new_run:
             tracker.log_text(cfg.to_yaml(), "config.yaml")
         self._print(f"{cfg.run_name}: {num_params / 1e6:.2f}M parameters on {self.device}, "
                     f"{self.planned_steps} optimizer steps ({self.steps_per_epoch}/epoch), checkpoints in {self.run_dir}")
@@ -419,6 +484,7 @@ def main(argv: list[str] | None = None) -> int:
         if print_config:
             print(cfg.to_yaml(), end="")
             return 0
+        preflight(cfg)
         trainer = Trainer(cfg)
     except (ConfigError, DataError) as error:  # the user's input; anything else is a bug: its traceback shows
         print(f"error: {error}", file=sys.stderr)

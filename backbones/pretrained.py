@@ -108,9 +108,6 @@ def load_initial_weights(model: nn.Module, init: str) -> InitReport:
     if not path.is_file():
         raise ConfigError(f"init checkpoint {path} does not exist (init= takes a checkpoint path, e.g. "
                           "runs/<run>/<time>/best.pt, or torchvision:<vit name>)")
-    state = load_checkpoint(path)
-    if "model" not in state:
-        raise ConfigError(f"init {path} is not one of this lab's checkpoints (it has no 'model' entry)")
-    report = load_weights(model, state["model"], str(path))
+    report = load_weights(model, load_checkpoint(path)["model"], str(path))  # load_checkpoint: ours or ConfigError
     report.sha256 = file_digest(path, "sha256")
     return report

@@ -33,11 +33,12 @@ import dataclasses
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, Sequence
+from typing import Annotated, Any, Literal, Sequence
 
 import yaml
 
-from .registry import ConfigError, Option, Registry, Spec, closest_first, configurable_options
+from .registry import (AtLeast, AtMost, Above, Below, ConfigError, Option, Registry, Spec, closest_first,
+                       configurable_options)
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 CONFIG_DIR = PROJECT_ROOT / "configs"
@@ -58,26 +59,26 @@ class ComponentGroup:
 
 @dataclass
 class TrainerConfig:
-    epochs: int = 10  # passes over the training set; defines the LR schedule length
-    max_steps: int = 0  # stop after this many optimizer steps (0 = no limit); the schedule is unchanged
-    batch_size: int = 64
-    lr: float = 1e-3  # peak learning rate
+    epochs: Annotated[int, AtLeast(0)] = 10  # passes over the training set; defines the LR schedule length (0: evaluate only)
+    max_steps: Annotated[int, AtLeast(0)] = 0  # stop after this many optimizer steps (0 = no limit); the schedule is unchanged
+    batch_size: Annotated[int, AtLeast(1)] = 64  # per process (torchrun: the global batch is this x the process count)
+    lr: Annotated[float, Above(0)] = 1e-3  # peak learning rate
     optimizer: Literal["adamw", "adam"] = "adamw"
-    weight_decay: float = 0.05  # AdamW only; not applied to biases, norms, embeddings
-    beta2: float = 0.999
-    warmup_fraction: float = 0.05  # linear warm-up over this fraction of all steps, then the schedule
-    warmup_steps: int = 0  # > 0: warm-up over this many steps instead (fairseq's IWSLT recipe: 4000)
+    weight_decay: Annotated[float, AtLeast(0)] = 0.05  # AdamW only; not applied to biases, norms, embeddings
+    beta2: Annotated[float, AtLeast(0), Below(1)] = 0.999
+    warmup_fraction: Annotated[float, AtLeast(0), AtMost(1)] = 0.05  # linear warm-up over this fraction of all steps, then the schedule
+    warmup_steps: Annotated[int, AtLeast(0)] = 0  # > 0: warm-up over this many steps instead (fairseq's IWSLT recipe: 4000)
     schedule: Literal["cosine", "inverse_sqrt"] = "cosine"  # after warm-up: cosine to min_lr, or lr·√(warmup/step)
-    min_lr_fraction: float = 0.0  # cosine floor as a fraction of lr
-    grad_clip: float = 1.0  # max global grad norm; 0 = off
-    accumulate: int = 1  # micro-batches per optimizer step
+    min_lr_fraction: Annotated[float, AtLeast(0), AtMost(1)] = 0.0  # cosine floor as a fraction of lr
+    grad_clip: Annotated[float, AtLeast(0)] = 1.0  # max global grad norm; 0 = off
+    accumulate: Annotated[int, AtLeast(1)] = 1  # micro-batches per optimizer step
     precision: Literal["auto", "fp32", "bf16"] = "auto"  # auto = bf16 autocast on CUDA, fp32 on CPU
-    eval_every: int = 0  # optimizer steps between validations; 0 = after every epoch
-    log_every: int = 10  # optimizer steps between train/* metric logs
-    num_workers: int = 0  # DataLoader worker processes
+    eval_every: Annotated[int, AtLeast(0)] = 0  # optimizer steps between validations; 0 = after every epoch
+    log_every: Annotated[int, AtLeast(1)] = 10  # optimizer steps between train/* metric logs
+    num_workers: Annotated[int, AtLeast(0)] = 0  # DataLoader worker processes
     # LOTFormer's two-stage conversion (with `init`): stage 1 fits only the tensors the new attention adds
-    stage1_steps: int = 0  # stage 1 steps before ordinary training (stage 2); 0 = no stage 1
-    stage1_lr: float = 1e-3  # stage 1's constant Adam learning rate
+    stage1_steps: Annotated[int, AtLeast(0)] = 0  # stage 1 steps before ordinary training (stage 2); 0 = no stage 1
+    stage1_lr: Annotated[float, Above(0)] = 1e-3  # stage 1's constant Adam learning rate
     stage1_target: Literal["attention", "outputs"] = "attention"  # match softmax's attention rows (n x n) or outputs
 
 
@@ -317,8 +318,11 @@ def parse_option_value(raw: str, option: Option, key: str) -> Any:
     value = parse_yaml(raw) if raw != "" else None
     try:
         return option.check(value, where)
-    except ConfigError:
-        return option.check(raw, where)
+    except ConfigError as error:  # the text itself, for an option that takes text; else the parsed value's error
+        try:
+            return option.check(raw, where)
+        except ConfigError:
+            raise error from None
 
 
 # -- validation -----------------------------------------------------------------------------------

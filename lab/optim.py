@@ -8,13 +8,10 @@ import torch
 from torch import nn
 
 from .config import TrainerConfig
-from .registry import ConfigError
 
 
 def build_optimizer(model: nn.Module, cfg: TrainerConfig) -> torch.optim.Optimizer:
     """Weight decay only on matrices of Linear/Conv layers; none on biases, norms, embeddings, tokens."""
-    if cfg.warmup_steps < 0:
-        raise ConfigError(f"trainer.warmup_steps must be >= 0, got {cfg.warmup_steps}")
     decay, no_decay = [], []
     for module_name, module in model.named_modules():
         for name, param in module.named_parameters(recurse=False):

@@ -16,11 +16,13 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import inspect
+import math
+import operator
 import types
 import typing
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal
+from typing import Annotated, Any, Callable, ClassVar, Literal
 
 
 class ConfigError(ValueError):
@@ -50,12 +52,49 @@ class Spec:
     options: dict[str, Any] = field(default_factory=dict)
 
 
+class Bound:
+    """A range constraint written next to the type: `batch_size: Annotated[int, AtLeast(1)] = 64`.
+
+    `Option.check` enforces it on every config value (NaN never passes); a constructor option uses the
+    same annotation, so its range needs no code of its own."""
+
+    symbol: ClassVar[str]
+    compare: ClassVar[Callable[[Any, Any], bool]]
+
+    def __init__(self, limit: float):
+        self.limit = limit
+
+    def admits(self, value: Any) -> bool:
+        if isinstance(value, float) and math.isnan(value):
+            return False
+        return self.compare(value, self.limit)
+
+    def __repr__(self) -> str:
+        return f"{self.symbol} {self.limit}"
+
+
+class AtLeast(Bound):
+    symbol, compare = ">=", operator.ge
+
+
+class Above(Bound):
+    symbol, compare = ">", operator.gt
+
+
+class AtMost(Bound):
+    symbol, compare = "<=", operator.le
+
+
+class Below(Bound):
+    symbol, compare = "<", operator.lt
+
+
 @dataclass(frozen=True)
 class Option:
     """One configurable parameter (of a registered constructor or a config section's dataclass).
 
     Every config value passes through `check`, so a constraint beyond the type (a range) belongs next to
-    the annotation and is enforced here.
+    the annotation (`Annotated[int, AtLeast(1)]`, see `Bound`) and is enforced here.
     """
 
     name: str
@@ -64,15 +103,32 @@ class Option:
 
     def check(self, value: Any, where: str) -> Any:
         """Return `value` coerced to this option's type, or raise ConfigError."""
+        label = f"{where}.{self.name}" if where else self.name
         ok, coerced = _coerce(value, self.annotation)
         if not ok:
-            label = f"{where}.{self.name}" if where else self.name
             raise ConfigError(f"{label} must be {_type_name(self.annotation)}, got {value!r}")
+        bounds = _bounds(coerced, self.annotation)
+        if not all(bound.admits(coerced) for bound in bounds):
+            raise ConfigError(f"{label} must be {' and '.join(map(repr, bounds))}, got {value!r}")
         return coerced
+
+
+def _bounds(value: Any, annotation: Any) -> list[Bound]:
+    """The range constraints that apply to `value`: those of the annotation (or of the union member) it matched."""
+    origin = typing.get_origin(annotation)
+    if origin is Annotated:
+        return [m for m in annotation.__metadata__ if isinstance(m, Bound)]
+    if origin in (typing.Union, types.UnionType):
+        for member in typing.get_args(annotation):
+            if _coerce(value, member)[0]:
+                return _bounds(value, member)
+    return []
 
 
 def _type_name(annotation: Any) -> str:
     origin = typing.get_origin(annotation)
+    if origin is Annotated:
+        return _type_name(annotation.__origin__)
     if origin is Literal:
         return "one of " + ", ".join(repr(a) for a in typing.get_args(annotation))
     if origin in (typing.Union, types.UnionType):
@@ -89,6 +145,8 @@ def _coerce(value: Any, annotation: Any) -> tuple[bool, Any]:
     if annotation is Any or annotation is inspect.Parameter.empty:
         return True, value
     origin = typing.get_origin(annotation)
+    if origin is Annotated:
+        return _coerce(value, annotation.__origin__)
     if origin is Literal:
         return (value in typing.get_args(annotation)), value
     if origin in (typing.Union, types.UnionType):
@@ -216,7 +274,7 @@ def _parameters(obj: Callable) -> list[inspect.Parameter]:
 def _hints(obj: Callable) -> dict[str, Any]:
     target = obj.__init__ if inspect.isclass(obj) else obj
     try:
-        return typing.get_type_hints(target)
+        return typing.get_type_hints(target, include_extras=True)  # keeps Annotated ranges
     except Exception:  # unresolvable forward references: fall back to raw annotations
         return getattr(target, "__annotations__", {})
 

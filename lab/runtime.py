@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import os
 import random
 import signal
@@ -82,12 +83,18 @@ def _to_tuple(value):
 
 
 # -- torchrun --------------------------------------------------------------------------------------
+def process_rank() -> int:
+    """This process's rank among torchrun's workers (0 in a plain `python train.py`)."""
+    return int(os.environ.get("RANK", 0))
+
+
 class Distributed:
     """Rank/world from torchrun's environment; gloo on CPU, NCCL on CUDA; a no-op in one process."""
 
     def __init__(self, device: torch.device):
         self.world_size = int(os.environ.get("WORLD_SIZE", 1))
-        self.rank = int(os.environ.get("RANK", 0))
+        self.rank = process_rank()
+        self.device = device if device.type == "cuda" else torch.device("cpu")  # NCCL reduces CUDA tensors only
         if self.world_size > 1 and not dist.is_initialized():
             if device.type == "cuda":
                 torch.cuda.set_device(device)
@@ -118,11 +125,35 @@ class Distributed:
             dist.barrier()
 
     def any(self, flag: bool) -> bool:
+        """Whether `flag` is true on some rank (every rank must call it at the same point)."""
         if self.world_size == 1:
             return flag
-        value = torch.tensor([float(flag)])
+        value = torch.tensor([float(flag)], device=self.device)
         dist.all_reduce(value, op=dist.ReduceOp.MAX)
         return bool(value.item())
+
+    def sum(self, values: list[float]) -> list[float]:
+        """Element-wise sums of `values` over the ranks."""
+        if self.world_size == 1:
+            return values
+        total = torch.tensor(values, dtype=torch.float64, device=self.device)
+        dist.all_reduce(total)
+        return total.tolist()
+
+    def check_identical(self, state: dict[str, torch.Tensor]) -> str:
+        """The SHA-256 of `state` (a model's state dict); RuntimeError if it differs between ranks, which
+        would mean rank 0's checkpoint is not the model the other ranks trained (a data-parallel bug)."""
+        digest = hashlib.sha256()
+        for name, tensor in state.items():
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+        mine = digest.hexdigest()
+        if self.world_size > 1:
+            digests: list = [None] * self.world_size
+            dist.all_gather_object(digests, mine)
+            if len(set(digests)) > 1:
+                raise RuntimeError(f"the model differs across data-parallel ranks (state digests {digests})")
+        return mine
 
     def close(self) -> None:
         if self.world_size > 1 and dist.is_initialized():
@@ -144,8 +175,9 @@ class StopSignal:
     def _handle(self, signum, frame):
         self.received = signum
         signal.signal(signum, self._previous.get(signum, signal.SIG_DFL))
-        print(f"\nreceived {signal.Signals(signum).name}: saving a checkpoint at the end of this step",
-              flush=True)
+        if process_rank() == 0:
+            print(f"\nreceived {signal.Signals(signum).name}: saving a checkpoint at the end of this step",
+                  flush=True)
 
     def restore(self) -> None:
         for signum, handler in self._previous.items():

@@ -1,16 +1,24 @@
 """MLflow tracking: one experiment per task, one run per training run (named by `Config.run_name`).
 
 The default store is MLflow's own `sqlite:///mlflow.db` in the project root; `MLFLOW_TRACKING_URI`
-wins when set (a shared team server). Only rank 0 talks to MLflow; other ranks get a no-op tracker.
+wins when set (a shared team server, `make server`). Only rank 0 talks to MLflow; other ranks get a
+no-op tracker. `check_store` is the quick, bounded look at the store that runs before anything else
+(MLflow's own client retries an unreachable server for minutes).
 """
 from __future__ import annotations
 
 import os
+import socket
+import ssl
 import subprocess
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
 from .config import PROJECT_ROOT, Config
+from .registry import ConfigError
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # the store `make ui` serves unless MLFLOW_TRACKING_URI is set
 
@@ -30,6 +38,52 @@ def artifact_location(uri: str, experiment: str) -> str | None:
     if uri.startswith("sqlite:///"):
         return (Path(uri[len("sqlite:///"):]).parent / "mlartifacts" / experiment).as_uri()
     return None
+
+
+STORE_TIMEOUT = 5.0  # seconds the tracking store has to answer the start-up check
+DATABASE_PORTS = {"postgresql": 5432, "mysql": 3306, "mssql": 1433}
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def check_store(uri: str, timeout: float = STORE_TIMEOUT) -> None:
+    """Raise ConfigError (one line naming `uri`) unless the tracking store can be used; creates nothing.
+
+    http(s): the server must answer a request (any HTTP status counts as an answer); a database URL: its
+    host must accept a connection; sqlite: an existing file must be a SQLite database, and no file may
+    stand where its folder would be created. Other schemes are left to MLflow."""
+    parts = urlsplit(uri)
+    scheme = parts.scheme.split("+")[0]
+    fix = "start it (`make server`), or point MLFLOW_TRACKING_URI / tracking.uri at a store that is up"
+    if scheme in ("http", "https"):
+        insecure = os.environ.get("MLFLOW_TRACKING_INSECURE_TLS", "").lower() == "true"
+        context = ssl._create_unverified_context() if insecure and scheme == "https" else None
+        try:
+            urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout, context=context).close()
+        except urllib.error.HTTPError:
+            return  # it answered
+        except (urllib.error.URLError, OSError) as error:
+            reason = getattr(error, "reason", error)
+            raise ConfigError(f"the MLflow tracking server {uri} does not answer ({reason}); {fix}") from None
+    elif scheme == "sqlite" and uri.startswith("sqlite:///"):
+        database = Path(uri[len("sqlite:///"):])
+        existing = next(path for path in (database, *database.parents) if path.exists())
+        if existing != database and not existing.is_dir():
+            raise ConfigError(f"the tracking store {uri} cannot be created: {existing} is a file")
+        if existing == database:
+            try:
+                with open(database, "rb") as handle:
+                    header = handle.read(len(SQLITE_HEADER))
+            except OSError as error:
+                raise ConfigError(f"the tracking store {uri} cannot be read: {error.strerror}") from None
+            if header and header != SQLITE_HEADER:
+                raise ConfigError(f"the tracking store {uri} is not an SQLite database")
+    elif scheme in DATABASE_PORTS and parts.hostname:
+        address = (parts.hostname, parts.port or DATABASE_PORTS[scheme])
+        try:
+            socket.create_connection(address, timeout=timeout).close()
+        except OSError as error:
+            reason = "timed out" if isinstance(error, TimeoutError) else (error.strerror or error)
+            raise ConfigError(f"the tracking database {uri} does not answer ({reason}); {fix}") from None
 
 
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -57,6 +111,7 @@ class Tracker:
     def __init__(self, cfg: Config, run_id: str | None, enabled: bool = True):
         self.enabled = enabled
         self.run_id = run_id
+        self.continued_from = None  # the checkpoint's run when it is not in this store (a new run continues it)
         if not enabled:
             return
         import mlflow
@@ -65,15 +120,32 @@ class Tracker:
         self._user_uri = os.environ.get("MLFLOW_TRACKING_URI")  # set_tracking_uri exports it; restored in end()
         uri = resolve_tracking_uri(cfg.tracking.uri)
         mlflow.set_tracking_uri(uri)
-        experiment = cfg.tracking.experiment or cfg.task.name
+        experiment = self.experiment_name = cfg.tracking.experiment or cfg.task.name
         if mlflow.get_experiment_by_name(experiment) is None:
             mlflow.create_experiment(experiment, artifact_location=artifact_location(uri, experiment))
         mlflow.set_experiment(experiment)
+        if run_id is not None and not self._resumable(run_id):
+            print(f"note: the checkpoint's MLflow run {run_id} is not in {uri}; continuing in a new run there "
+                  "(tag resumed_from_run), whose metrics start at the checkpoint's step", flush=True)
+            self.continued_from, run_id = run_id, None
         run = mlflow.start_run(run_id=run_id, run_name=None if run_id else cfg.run_name,
                                log_system_metrics=cfg.tracking.system_metrics)
+        if self.continued_from:
+            mlflow.set_tag("resumed_from_run", self.continued_from)
         self.run_id = run.info.run_id
         self.uri = uri
         self.experiment_id = run.info.experiment_id
+
+    def _resumable(self, run_id: str) -> bool:
+        """Whether `run_id` is a live run of this store's active experiment (so start_run can continue it)."""
+        from mlflow.exceptions import MlflowException
+
+        try:
+            run = self.mlflow.MlflowClient().get_run(run_id)
+        except MlflowException:
+            return False
+        experiment = self.mlflow.get_experiment_by_name(self.experiment_name)
+        return run.info.lifecycle_stage == "active" and run.info.experiment_id == experiment.experiment_id
 
     def log_params(self, params: dict[str, Any]) -> None:
         if self.enabled:

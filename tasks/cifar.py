@@ -12,6 +12,7 @@ the trainer's per-step generator, so resumed runs repeat exactly.
 """
 from __future__ import annotations
 
+import codecs
 import pickle
 from pathlib import Path
 from typing import ClassVar
@@ -28,12 +29,30 @@ from . import register_task
 from .classification import ClassificationTask
 
 
+class BatchUnpickler(pickle.Unpickler):
+    """Unpickles only what CIFAR batch files hold (dicts, lists, strings, numbers and numpy arrays): any other
+    global, e.g. a function a crafted file would call, is refused instead of imported."""
+
+    ALLOWED = {("numpy.core.multiarray", "_reconstruct"): np.zeros(0).__reduce__()[0],  # the upstream files'
+               ("numpy._core.multiarray", "_reconstruct"): np.zeros(0).__reduce__()[0],  # numpy >= 2 names it so
+               ("numpy", "ndarray"): np.ndarray, ("numpy", "dtype"): np.dtype,
+               ("_codecs", "encode"): codecs.encode}  # bytes in protocol-2 files written by Python 3
+
+    def find_class(self, module: str, name: str):
+        if (module, name) not in self.ALLOWED:
+            raise pickle.UnpicklingError(f"it holds a pickled {module}.{name}, which CIFAR batches never contain "
+                                         "(refused: loading it could run code)")
+        return self.ALLOWED[module, name]
+
+
 def read_pickle(path: Path) -> dict:
     try:
         with open(path, "rb") as handle:
-            entry = pickle.load(handle, encoding="latin1")
-    except (OSError, pickle.UnpicklingError, EOFError, ValueError) as error:
-        raise DataError(f"cannot read {path} ({error}); delete the folder and prepare the data again") from None
+            entry = BatchUnpickler(handle, encoding="latin1").load()
+    except (OSError, pickle.UnpicklingError, EOFError, ValueError, TypeError) as error:
+        raise DataError(f"cannot read {path}: {error}; delete the folder and prepare the data again") from None
+    if not isinstance(entry, dict):
+        raise DataError(f"{path} does not hold a CIFAR batch; delete the folder and prepare the data again")
     return {k.decode() if isinstance(k, bytes) else k: v for k, v in entry.items()}
 
 

@@ -6,7 +6,11 @@ Imported lazily by `tasks/modelnet.py` (torch_geometric takes ~4 s to import). C
 * the processed cache lives in `processed_<num_points>[_normals]/`, so changing the sampling reprocesses
   instead of silently reusing tensors made with other settings; sampling is seeded, so it is reproducible;
 * PyG's own download (a `URLError` traceback offline) is never used: `tasks/modelnet.py` fetches the
-  archive, and the presence check accepts any class folders rather than only ModelNet10's.
+  archive, and the presence check accepts any class folders rather than only ModelNet10's;
+* a mesh points cannot be sampled from (no surface, NaN or overflowing coordinates) is named in a
+  `DataError` instead of failing inside `torch.multinomial`;
+* the cache is loaded with `weights_only=True` only (PyG falls back to unrestricted unpickling), and an
+  unreadable cache is reported with its fix (delete it: it is rebuilt from the meshes).
 """
 from __future__ import annotations
 
@@ -21,7 +25,7 @@ from torch_geometric.transforms import Compose, NormalizeScale, SamplePoints
 
 from lab.download import DataError
 
-from .off_format import read_off
+from .off_format import read_off, surface_problem
 
 SAMPLING_SEED = 0
 
@@ -52,6 +56,16 @@ class SampledModelNet(ModelNet):
     def download(self) -> None:
         raise DataError(f"no ModelNet class folders under {self.raw_dir}")
 
+    def load(self, path: str, data_cls: type = Data) -> None:
+        """Read a processed split: tensors and PyG's own allow-listed classes only, never code."""
+        try:
+            data, self.slices, data_cls = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as error:  # truncated (zip reader errors), refused pickles, foreign content
+            reason = "refused: it holds pickled code" if "GLOBAL" in str(error) else "truncated or corrupt"
+            raise DataError(f"the sampled-point cache {path} cannot be read ({reason}); delete "
+                            f"{Path(path).parent} and run again: it is rebuilt from the meshes") from None
+        self.data = data_cls.from_dict(data)
+
     def process(self) -> None:
         """Seeded sampling; one thread, because per-mesh ops are tiny and threads only contend (20x slower)."""
         threads = torch.get_num_threads()
@@ -68,10 +82,19 @@ class SampledModelNet(ModelNet):
         for target, category in enumerate(class_folders(Path(self.raw_dir))):
             for path in sorted((Path(self.raw_dir) / category / dataset).glob(f"{category}_*.off")):
                 vertices, faces = read_off(path)
-                meshes.append(Data(pos=vertices, face=faces, y=torch.tensor([target])))
+                meshes.append((path, Data(pos=vertices, face=faces, y=torch.tensor([target]))))
         if not meshes:
             raise DataError(f"no meshes under {self.raw_dir}/<class>/{dataset}/<class>_*.off")
-        return [self.pre_transform(mesh) for mesh in meshes]
+        return [self._sample(path, mesh) for path, mesh in meshes]
+
+    def _sample(self, path: Path, mesh: Data) -> Data:
+        problem = surface_problem(mesh.pos, mesh.face)
+        sampled = None if problem else self.pre_transform(mesh)
+        if sampled is not None and not torch.isfinite(sampled.pos).all():
+            problem = f"its coordinates (up to {mesh.pos.abs().max():.3g}) overflow float32 when normalised"
+        if problem:
+            raise DataError(f"{path}: {problem}, so no points can be sampled from it; repair or remove the file")
+        return sampled
 
 
 def load_split(root: Path, name: str, train: bool, num_points: int, normals: bool) -> tuple[Tensor, Tensor]:

@@ -11,7 +11,8 @@ from elsewhere often contain (reference/env.md §3). This reader accepts:
 * faces of any size: polygons with more than 3 corners are fan-triangulated (PyG keeps quads but drops
   larger polygons).
 
-Anything else it cannot read raises `DataError` naming the file and the problem.
+Anything else it cannot read raises `DataError` naming the file and the problem. `surface_problem` says why
+a readable mesh still has no surface to sample points from.
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from lab.download import DataError
 
 _HEADER = re.compile(r"^(?P<variant>[A-Za-z0-9]*?)OFF(?P<rest>.*)$")
 _KNOWN_VARIANTS = {"", "C", "N", "CN", "ST", "STC", "STN", "STCN"}
+MIN_SCALED_AREA = 1e-12  # below this, a mesh scaled into [-1, 1] is flat to rounding error: no surface to sample
 
 
 def meaningful_lines(text: str) -> list[str]:
@@ -62,6 +64,21 @@ def parse_off(text: str, source: str = "<string>") -> tuple[Tensor, Tensor]:
     if faces.min() < 0 or faces.max() >= num_vertices:
         raise DataError(f"{source}: a face refers to a vertex outside 0..{num_vertices - 1}")
     return vertices, faces
+
+
+def surface_problem(vertices: Tensor, faces: Tensor) -> str | None:
+    """Why points cannot be sampled from the mesh's surface (None if they can): non-finite coordinates, or
+    no area at all. Areas are computed in float64 after scaling into [-1, 1], as the sampler does."""
+    if not torch.isfinite(vertices).all():
+        bad = int((~torch.isfinite(vertices)).any(1).nonzero()[0])
+        return f"vertex {bad} has a non-finite coordinate ({vertices[bad].tolist()})"
+    scaled = vertices.double()
+    scaled = scaled / scaled.abs().max().clamp_min(torch.finfo(torch.float64).tiny)  # (V, 3) in [-1, 1]
+    corner = scaled[faces]  # (3, F, 3)
+    area = torch.linalg.cross(corner[1] - corner[0], corner[2] - corner[0], dim=-1).norm(dim=-1).sum()
+    if area < MIN_SCALED_AREA:
+        return f"its faces have no surface area (total {float(area):.3g} once scaled into [-1, 1])"
+    return None
 
 
 def _triangulate(face_line: str) -> list[tuple[int, int, int]]:

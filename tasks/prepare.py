@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from lab.config import parse_option_value
-from lab.download import DataError
+from lab.download import DataError, require_folder
 from lab.registry import ConfigError, closest_first, configurable_options
 
 from . import TASKS
@@ -50,6 +50,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         task_cls = TASKS.get(args.task)
         options = task_options(task_cls, args.option)
+        require_folder(Path(args.root), "--root")
         task_cls.prepare(Path(args.root), synthetic=args.synthetic, download=not args.no_download, **options)
     except (ConfigError, DataError) as error:
         print(f"error: {error}", file=sys.stderr)

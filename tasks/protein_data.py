@@ -13,8 +13,9 @@ Sources (each gives train / val / test lists of (sequence, label) and the class 
   (the same CSV is `data/annotation/scl/balanced.csv` in Zenodo record 10631963's data.tar.gz, a much
   larger archive; a copy placed at <root>/flip_scl/splits/balanced.csv is used as is).
   train = set=="train" & !validation, val = set=="train" & validation, test = set=="test"; labels
-  indexed in order of first appearance in the training rows. No published checksum exists for the
-  archive, so it is not verified beyond its columns and labels.
+  indexed in order of first appearance in the training rows. FLIP publishes no checksum for the
+  archive: it is pinned by the commit in its URL, and extraction checks every member's CRC-32 (a
+  damaged or truncated download is refused with its fix), then the CSV's columns and labels.
 
 Sequences are upper-cased; letters outside the 25-letter protein alphabet (20 standard + X, B, U, Z, O)
 become X; anything that is not a letter is an error. The learned featurizer folds the rare residues

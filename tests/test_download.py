@@ -78,3 +78,23 @@ def test_download_failure_is_one_line(tmp_path):
         download("http://127.0.0.1:9/nothing.tar.gz", tmp_path / "x.tar.gz", timeout=2)
     message = str(error.value)
     assert "\n" not in message and "put it at" in message and str(tmp_path / "x.tar.gz") in message
+
+
+@pytest.mark.parametrize("kind, name, target", [
+    (tarfile.LNKTYPE, "data/b/hard", "../outside.txt"),  # a hard link names a member from the archive's root
+    (tarfile.LNKTYPE, "data/hard", "/etc/passwd"),
+    (tarfile.SYMTYPE, "data/soft", "/etc/passwd"),
+])
+def test_extract_refuses_links_out_of_the_folder_with_one_line(tmp_path, kind, name, target):
+    """The hard link used to pass the check (resolved against its own folder) and then fail inside tarfile's
+    filter with an uncaught LinkOutsideDestinationError."""
+    with tarfile.open(tmp_path / "links.tar.gz", "w:gz") as tf:
+        info = tarfile.TarInfo("data/b/ok.txt")
+        info.size = 1
+        tf.addfile(info, io.BytesIO(b"x"))
+        link = tarfile.TarInfo(name)
+        link.type, link.linkname = kind, target
+        tf.addfile(link)
+    with pytest.raises(DataError, match=f"^link target '{target}' would be written outside .*; refusing to extract$"):
+        extract(tmp_path / "links.tar.gz", tmp_path / "out")
+    assert not (tmp_path / "out" / "data").exists()

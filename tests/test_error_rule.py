@@ -15,31 +15,9 @@ from attention.pooling.base import POOLINGS
 from backbones import BACKBONES
 from lab.config import parse_option_value
 from lab.registry import ConfigError
-from tasks.cifar import Cifar10
-from tasks.synthetic_cifar import write_synthetic_cifar
+from run_checks import assert_one_line_exit_2_and_nothing_written, outputs_in
 
 PROJECT = Path(__file__).resolve().parent.parent
-
-
-@pytest.fixture(scope="module")
-def cifar_args(tmp_path_factory) -> list[str]:
-    """The arguments of a tiny cifar10 run on synthetic data (4 images per class)."""
-    root = tmp_path_factory.mktemp("data")
-    write_synthetic_cifar(root / Cifar10.folder, Cifar10, train_per_class=4, test_per_class=2)
-    return ["task=cifar10", "attention=softmax", "model.dim=16", "model.depth=1", "model.num_heads=2",
-            "tracking.system_metrics=false", f"data.root={root}"]
-
-
-def outputs_in(tmp: Path) -> list[str]:
-    """Send the run's checkpoints and tracking store to `tmp`, where the tests look for them."""
-    return [f"output_dir={tmp}/runs", f"tracking.uri=sqlite:///{tmp}/mlflow.db"]
-
-
-def assert_one_line_exit_2_and_nothing_written(code: int, err: str, tmp: Path, *expected: str) -> None:
-    lines = err.strip().splitlines()
-    assert code == 2 and len(lines) == 1 and lines[0].startswith("error: "), err
-    assert all(text in lines[0] for text in expected), lines[0]
-    assert not (tmp / "runs").exists() and not (tmp / "mlflow.db").exists()
 
 
 @pytest.mark.parametrize("bug", [RuntimeError, ValueError])  # ConfigError is a ValueError: not the reverse

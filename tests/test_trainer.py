@@ -111,7 +111,7 @@ def test_non_finite_loss_stops_and_keeps_last_good_checkpoint(tmp_path, data_roo
     assert state["step"] == 2
     assert all(torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point())
     _, run = only_run(tmp_path)
-    assert run.info.status == "FAILED" and "non-finite loss at step 3" in run.data.tags["failure"]
+    assert run.info.status == "FAILED" and "non-finite loss (nan) at step 3" in run.data.tags["failure"]
 
 
 def test_sigterm_saves_and_resumes(tmp_path, data_root):
