@@ -10,8 +10,7 @@ A module anywhere in the model may define either or both of:
     def after_optimizer_step(self) -> dict[str, float | Tensor]
         Called after every optimizer step (e.g. a dual-variable update of a constrained layer).
         The returned scalars are logged as metrics under the names given. Statistics gathered over
-        the micro-batches of an accumulated step can be averaged over data-parallel ranks with
-        `sum_across_ranks`.
+        the micro-batches of an accumulated step and over data-parallel ranks: `StepMeans`.
 
 Constrained poolings (cswe) use both; the trainer only calls `collect_auxiliary_losses`,
 `AuxiliaryGradients` and `run_after_step_hooks`.
@@ -52,6 +51,43 @@ def sum_across_ranks(values: Tensor) -> Tensor:
     total = values.detach().clone()
     dist.all_reduce(total, op=dist.ReduceOp.SUM)
     return total
+
+
+class StepMeans:
+    """Means of per-example statistics over every micro-batch of an optimizer step and every rank.
+
+        means = StepMeans()
+        means.add("cost", costs.sum(0), len(costs))   # each training forward: sums and their count
+        means.reduce()                                  # after the step: {"cost": Σ sums / Σ counts}
+
+    `reduce` makes one all-reduce (of every sum and count at once) and starts the next step afresh; it
+    returns {} when nothing was added. Every rank must add the same names, in the same shapes.
+    """
+
+    def __init__(self):
+        self.sums: dict[str, Tensor] = {}
+        self.counts: dict[str, float] = {}
+
+    def add(self, name: str, total: Tensor, count: int) -> None:
+        total = total.detach()
+        self.sums[name] = total if name not in self.sums else self.sums[name] + total
+        self.counts[name] = self.counts.get(name, 0) + count
+
+    def reduce(self) -> dict[str, Tensor]:
+        if not self.sums:
+            return {}
+        names = list(self.sums)
+        flat = torch.cat([self.sums[name].reshape(-1) for name in names])
+        counts = flat.new_tensor([self.counts[name] for name in names])
+        totals = sum_across_ranks(torch.cat([flat, counts]))
+        means, offset = {}, 0
+        for index, name in enumerate(names):
+            size = self.sums[name].numel()
+            count = totals[len(flat) + index]
+            means[name] = (totals[offset:offset + size] / count).view_as(self.sums[name])
+            offset += size
+        self.sums, self.counts = {}, {}
+        return means
 
 
 class AuxiliaryGradients:

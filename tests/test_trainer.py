@@ -201,3 +201,19 @@ def test_auxiliary_gradients_over_accumulated_micro_batches_are_added_after_clip
     torch.testing.assert_close(model.weight.grad, coefficient * task_grads[0] + aux_grads[0])
     torch.testing.assert_close(model.bias.grad, coefficient * task_grads[1])  # the penalty does not reach it
     assert gradients.add_to_gradients() is None  # the buffer is emptied by each step
+
+
+def test_cswe_eps_from_a_trained_swe_run_is_the_paper_calibration(tmp_path, data_root):
+    """pooling.eps_from=<swe run> sets ε = eps_fraction × that run's recorded final mean hard slice cost."""
+    small = ("pooling.num_slices=4", "pooling.num_refs=8", "trainer.max_steps=4", "trainer.epochs=1")
+    assert train.main(args_for(tmp_path, data_root, "pooling=swe", *small)) == 0
+    (swe_checkpoint,) = (tmp_path / "runs").glob("*/*/last.pt")
+    total, weight = torch.load(swe_checkpoint, weights_only=True)["model"]["pool.hard_cost_record"].tolist()
+    assert weight > 3 and total > 0  # four steps recorded
+    run_folder = swe_checkpoint.parent.parent  # runs/<run name>: its newest run
+    cfg = load_config(args_for(tmp_path, data_root, "pooling=cswe", f"pooling.eps_from={run_folder}",
+                               "pooling.eps_fraction=0.75", *small))
+    pool = train.Trainer(cfg).model.pool
+    assert pool.eps.item() == pytest.approx(0.75 * total / weight) and not pool.calibrating()
+    code = train.main(args_for(tmp_path, data_root, "pooling=cswe", f"pooling.eps_from={tmp_path}/nowhere", *small))
+    assert code == 2
