@@ -113,11 +113,6 @@ class SWEPooling(Pooling):
         self.step_means.add("hard", hard.sum(0), len(hard))
         self.step_means.add("independent", independent.sum(), len(hard))
 
-    def recorded_hard_cost(self) -> float:
-        """The exponentially averaged mean hard slice cost of the last training steps (nan before any)."""
-        total, weight = self.hard_cost_record.tolist()
-        return total / weight if weight > 0 else float("nan")
-
     def record_costs(self, means: dict[str, Tensor]) -> dict[str, Tensor]:
         """Update the cost record from one step's means; returns the cost metrics to log."""
         hard = means["hard"]  # (L,)
