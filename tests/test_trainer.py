@@ -13,7 +13,6 @@ import torch
 from torch import Tensor
 
 import train
-from lab.config import load_config
 from lab.data import to_device
 from lab.hooks import AuxiliaryGradients, collect_auxiliary_losses
 from tasks.cifar import Cifar10
@@ -149,7 +148,7 @@ def test_sigterm_saves_and_resumes(tmp_path, data_root):
 def head_gradient_after_clipping(tmp: Path, data_root: Path, multiplier: float, *extra: str) -> dict[str, Tensor]:
     """One optimizer step of the real trainer (cswe pooling, every slice violated, λ = `multiplier`):
     the gradients the optimizer receives, captured in place of its step."""
-    cfg = load_config(args_for(tmp, data_root, "pooling=cswe", "pooling.num_slices=4", "pooling.num_refs=8",
+    cfg = train.load_config(args_for(tmp, data_root, "pooling=cswe", "pooling.num_slices=4", "pooling.num_refs=8",
                                "pooling.eps=0.0", "trainer.grad_clip=1.0", *extra))
     trainer = train.Trainer(cfg)
     pool = trainer.model.pool
@@ -211,7 +210,7 @@ def test_cswe_eps_from_a_trained_swe_run_is_the_paper_calibration(tmp_path, data
     total, weight = torch.load(swe_checkpoint, weights_only=True)["model"]["pool.hard_cost_record"].tolist()
     assert weight > 3 and total > 0  # four steps recorded
     run_folder = swe_checkpoint.parent.parent  # runs/<run name>: its newest run
-    cfg = load_config(args_for(tmp_path, data_root, "pooling=cswe", f"pooling.eps_from={run_folder}",
+    cfg = train.load_config(args_for(tmp_path, data_root, "pooling=cswe", f"pooling.eps_from={run_folder}",
                                "pooling.eps_fraction=0.75", *small))
     pool = train.Trainer(cfg).model.pool
     assert pool.eps.item() == pytest.approx(0.75 * total / weight) and not pool.calibrating()

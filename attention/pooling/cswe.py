@@ -176,27 +176,27 @@ def swe_run_cost(source: Path) -> float:
     last.pt, or runs/<name> (the newest of its runs that used pooling=swe: mean, swe and cswe runs of one
     task share a run name)."""
     if not source.exists():
-        raise ConfigError(f"eps_from: {source} does not exist")
+        raise ConfigError(f"pooling.eps_from: {source} does not exist")
     if source.is_dir() and not (source / "last.pt").exists():
         candidates = sorted(source.glob("*/last.pt"), key=lambda p: p.stat().st_mtime, reverse=True)
         states = ((path, read_checkpoint(path)) for path in candidates)
         found = next(((path, state) for path, state in states if pooling_of(state) == "swe"), None)
         if found is None:
-            raise ConfigError(f"eps_from: none of the {len(candidates)} runs in {source} used pooling=swe")
+            raise ConfigError(f"pooling.eps_from: none of the {len(candidates)} runs in {source} used pooling=swe")
         path, state = found
     else:
         path = source / "last.pt" if source.is_dir() else source
         state = read_checkpoint(path)
         if pooling_of(state) != "swe":
-            raise ConfigError(f"eps_from: {path} is a run of pooling '{pooling_of(state)}'; it must be an "
+            raise ConfigError(f"pooling.eps_from: {path} is a run of pooling '{pooling_of(state)}'; it must be an "
                               "unconstrained swe run (pooling=swe)")
     records = {name: value for name, value in state["model"].items() if name.endswith("hard_cost_record")}
     if len(records) != 1:
-        raise ConfigError(f"eps_from: {path} holds {len(records)} swe cost records (want one)"
+        raise ConfigError(f"pooling.eps_from: {path} holds {len(records)} swe cost records (want one)"
                           + (f": {', '.join(records)}" if records else "; it predates cost recording"))
     total, weight = next(iter(records.values())).tolist()
     if weight <= 0:
-        raise ConfigError(f"eps_from: the swe run in {path} has not taken a training step")
+        raise ConfigError(f"pooling.eps_from: the swe run in {path} has not taken a training step")
     return total / weight
 
 
@@ -204,7 +204,7 @@ def read_checkpoint(path: Path) -> dict:
     try:
         return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     except Exception as error:  # not a checkpoint, truncated, or refused by weights_only
-        raise ConfigError(f"eps_from: cannot load {path}: {str(error).splitlines()[0]}") from None
+        raise ConfigError(f"pooling.eps_from: cannot load {path}: {str(error).splitlines()[0]}") from None
 
 
 def pooling_of(state: dict) -> str | None:
