@@ -2,8 +2,9 @@
 
 Per head, the slices are the d coordinate axes of the queries and keys, both scaled by d^-1/2 (as the
 reference code does): the number of slices is the head dimension, `model.head_dim` (default dim / heads;
-the official ViT uses 64 per head whatever the width), and the slices are learned through W_q and W_k. Slice l soft-sorts the queries' and the keys' l-th coordinates (SoftSort with
-squared distance, temperature `sort_temperature`) and matches them rank to rank:
+the official ViT uses 64 per head whatever the width), and the slices are learned through W_q and W_k.
+Slice l soft-sorts the queries' and the keys' l-th coordinates (SoftSort with squared distance,
+temperature `sort_temperature`) and matches them rank to rank:
 U_l = A_lᵀ B_l, total mass n, rows and columns summing to ≈ 1. Slice l costs D_l = ⟨C, U_l⟩ with
 C_ij = ‖q_i − k_j‖ (`euclidean`, the reference code's choice) or its square (`sqeuclidean`), and
 attention is the Gibbs mixture G = Σ_l softmax(−τ D)_l U_l with τ = `inv_temperature`
