@@ -43,7 +43,7 @@ from lab.data import EpochBatchSampler, batches_per_epoch, make_loader, to_devic
 from lab.diagnostics import probe_model
 from lab.download import DataError, require_folder
 from lab.evaluate import evaluate_split, evaluate_test_split
-from lab.hooks import collect_auxiliary_losses, run_after_step_hooks
+from lab.hooks import AuxiliaryGradients, collect_auxiliary_losses, run_after_step_hooks
 from lab.optim import build_optimizer, lr_at, set_lr
 from lab.registry import ConfigError
 from lab.runtime import (Distributed, StopSignal, autocast_context, process_rank, rng_state, seed_everything,
@@ -124,6 +124,7 @@ class Trainer:
         self.dist = Distributed(self.device)
         self.task, self.model = build_task_and_model(cfg, self.device)
         self.optimizer = build_optimizer(self.model, tc)
+        self.auxiliary_gradients = AuxiliaryGradients(self.model)
         self.splits = self.task.datasets()
         self.batches_per_epoch = batches_per_epoch(len(self.splits["train"]), tc.batch_size, self.dist.world_size)
         self.steps_per_epoch = math.ceil(self.batches_per_epoch / tc.accumulate)
@@ -256,9 +257,14 @@ class Trainer:
         norm = float(torch.nn.utils.get_total_norm([p.grad for p in parameters]))  # identical on every rank
         if not math.isfinite(norm):
             raise Diverged(f"non-finite gradient norm ({norm}) at step {self.step + 1}")
-        if tc.grad_clip > 0:
+        if tc.grad_clip > 0:  # the task loss's gradients only: auxiliary ones are added after clipping
             torch.nn.utils.clip_grads_with_norm_(parameters, tc.grad_clip, torch.tensor(norm))
         stats = {"train/lr": lr, "train/grad_norm": norm}
+        auxiliary_norm = self.auxiliary_gradients.add_to_gradients()
+        if auxiliary_norm is not None:
+            if not math.isfinite(auxiliary_norm):
+                raise Diverged(f"non-finite auxiliary gradient norm ({auxiliary_norm}) at step {self.step + 1}")
+            stats["train/aux_grad_norm"] = auxiliary_norm
         self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         stats.update(run_after_step_hooks(self.model))
@@ -290,7 +296,7 @@ class Trainer:
                 total = loss + sum(auxiliary.values()) if auxiliary else loss
                 if self.dist.any(not bool(torch.isfinite(total))):
                     raise Diverged(f"non-finite loss ({float(total.detach())}) at step {self.step + 1}")
-                (total / tc.accumulate).backward()
+                self.auxiliary_gradients.backward(loss, auxiliary, 1 / tc.accumulate)
                 self.batch_in_epoch += 1
                 window["loss"] += float(loss.detach())
                 window["count"] += 1

@@ -1,14 +1,19 @@
 """ESP attention: expected sliced transport plans (ESPFormer, ICML 2025, arXiv 2502.07962).
 
 Per head, the slices are the d coordinate axes of the queries and keys, both scaled by d^-1/2 (as the
-reference code does). Slice l soft-sorts the queries' and the keys' l-th coordinates (SoftSort with
-squared distance, temperature `sort_temperature`) and matches them rank to rank:
+reference code does): the number of slices is the head dimension, `model.head_dim` (default dim / heads;
+the official ViT uses 64 per head whatever the width), and the slices are learned through W_q and W_k.
+Slice l soft-sorts the queries' and the keys' l-th coordinates (SoftSort with squared distance,
+temperature `sort_temperature`) and matches them rank to rank:
 U_l = A_lᵀ B_l, total mass n, rows and columns summing to ≈ 1. Slice l costs D_l = ⟨C, U_l⟩ with
 C_ij = ‖q_i − k_j‖ (`euclidean`, the reference code's choice) or its square (`sqeuclidean`), and
 attention is the Gibbs mixture G = Σ_l softmax(−τ D)_l U_l with τ = `inv_temperature`
 (τ = 0: the plain expected sliced plan; τ → ∞: the cheapest slice). `hard` uses the exact sorting
-permutations in the forward pass and the soft ones' gradient (straight-through); `scale_by_n`
-multiplies G by the number of valid tokens, as the older point-cloud code did.
+permutations in the forward pass and the soft ones' gradient (straight-through). The official code's
+hard mode instead takes the top-1 (argmax) of each soft-sort row: the same permutation for distinct
+values, but tied values all pick one element (a row-duplicated matrix, not a permutation); ours stays a
+permutation. `scale_by_n` multiplies G by the number of valid tokens, as the point-cloud code (τ = 0.1)
+still does.
 
 Padding: only valid tokens enter the sorts and the costs; no mass crosses between valid and padded
 tokens (no sentinel values). Cross-attention with m ≠ n is not defined by the paper and is refused;

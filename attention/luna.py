@@ -4,7 +4,20 @@
 
 W ∈ R^{m×d} ~ N(0, 1/d) and b = 0 (learnable) are shared by the heads of a layer; each "channel function"
 ψ_ℓ is a scalar MLP 1 → hidden → 1 with ReLU, followed by a final ReLU so φ ≥ 0 and ⟨φ(x), φ(y)⟩ is a
-non-negative positive-definite kernel. The attention itself is the shared linear core.
+non-negative positive-definite kernel. The attention itself is the shared linear core. As in the paper's
+Listing 1, q and k enter φ unscaled (no d^-1/2) and the MLPs keep nn.Linear's initialisation.
+
+Options beyond Listing 1:
+- `envelope: learned`: the paper's eq. 11 multiplies φ(x) by a learned positive envelope h(x), which
+  Listing 1 (and the default here, `none`) omits. Here h(x) = exp(clamp(aᵀx + c, ±10)) with a, c shared
+  by the heads and zero at init, so h ≡ 1 (the default map) until trained. In the normalised attention
+  a query's h cancels: h acts as a learned per-key weight.
+- `revive_dead_channels: true`: with the paper's initialisation and the final ReLU, about a fifth of the
+  channel functions are ≤ 0 over all of a realistic input range (dead: zero output, zero gradient), about
+  half of φ's entries are 0, and now and then a layer starts with every channel dead (it outputs 0). With
+  this option, on the first training batch each channel that is ≤ 0 on every input of that batch gets its
+  output bias raised so that it is positive on half of them (the median of its pre-activation moves to 0;
+  averaged over data-parallel ranks; done once, remembered by the checkpoint).
 
 Evaluating the MLPs naively needs n·H·m·L·hidden activations, which dominate memory and time. But a
 1 → hidden → 1 ReLU MLP is exactly a piecewise-linear function whose kinks are the hidden units'
@@ -16,15 +29,22 @@ over the inputs where a unit is active, i.e. over a run of intervals, so they co
 from __future__ import annotations
 
 import math
+from typing import Literal
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from lab.hooks import sum_across_ranks
 from lab.registry import ConfigError
 
 from .linear_attention import FeatureMap, LinearAttentionCore, finite_or_zero
 from .registry import register_attention
+
+ENVELOPES = ("none", "learned")
+ENVELOPE_BOUND = 10.0  # |log h(x)| <= this: h stays within a factor e^10 of 1
+REVIVE_SAMPLE = 16_384  # inputs u used to find the channels dead on the first batch
 
 
 def channel_tables(a1: Tensor, c1: Tensor, a2: Tensor) -> tuple[Tensor, Tensor, Tensor]:
@@ -79,9 +99,10 @@ class ChannelFeatures(torch.autograd.Function):
 class LunaFeatureMap(FeatureMap):
     """x (B, H, N, d) -> (B, H, N, m·L): learned projections through L learned scalar channel functions."""
 
-    def __init__(self, head_dim: int, num_features: int, num_channels: int, hidden: int):
+    def __init__(self, head_dim: int, num_features: int, num_channels: int, hidden: int, *,
+                 envelope: str = "none", revive_dead_channels: bool = False):
         super().__init__()
-        self.num_features = num_features
+        self.num_features, self.revive_dead_channels = num_features, revive_dead_channels
         self.projection = nn.Parameter(torch.randn(num_features, head_dim) / math.sqrt(head_dim))  # W (m, d)
         self.projection_bias = nn.Parameter(torch.zeros(num_features))  # b (m,)
         # L independent MLPs 1 -> hidden -> 1, stored batched; nn.Linear's default initialisation
@@ -90,20 +111,53 @@ class LunaFeatureMap(FeatureMap):
         self.in_bias = nn.Parameter(torch.empty(num_channels, hidden).uniform_(-1, 1))
         self.out_weight = nn.Parameter(torch.empty(num_channels, hidden).uniform_(-bound, bound))
         self.out_bias = nn.Parameter(torch.empty(num_channels).uniform_(-bound, bound))
+        self.envelope = nn.Linear(head_dim, 1) if envelope == "learned" else None  # log h(x) = aᵀx + c
+        if self.envelope is not None:
+            nn.init.zeros_(self.envelope.weight)
+            nn.init.zeros_(self.envelope.bias)
+        self.register_buffer("channels_checked", torch.tensor(not revive_dead_channels))
+        self.checking_pending = revive_dead_channels  # a host-side copy: forward never reads the buffer
+        self.register_load_state_dict_post_hook(lambda module, _: module.sync_checking_flag())
+
+    def sync_checking_flag(self) -> None:
+        self.checking_pending = not bool(self.channels_checked)
 
     def forward(self, x: Tensor) -> Tensor:
         u = F.linear(x, self.projection.to(x.dtype), self.projection_bias.to(x.dtype))  # (B, H, N, m)
+        if self.checking_pending and self.training:
+            self.revive_dead(u.detach())
         params = (p.to(x.dtype) for p in (self.in_weight, self.in_bias, self.out_weight, self.out_bias))
         features = ChannelFeatures.apply(u.reshape(-1), *params, 1 / math.sqrt(self.num_features))  # (P, L)
-        return features.view(*u.shape[:-1], -1)  # (B, H, N, m·L)
+        features = features.view(*u.shape[:-1], -1)  # (B, H, N, m·L)
+        if self.envelope is not None:
+            features = features * self.envelope(x).clamp(-ENVELOPE_BOUND, ENVELOPE_BOUND).exp()  # (B, H, N, 1)
+        return features
+
+    @torch.no_grad()
+    def revive_dead(self, u: Tensor) -> None:
+        """Raise the output bias of each channel that is <= 0 on every input u of this batch so that its
+        pre-activation's median over the batch becomes 0 (averaged over data-parallel ranks)."""
+        sample = u.reshape(-1)[:: max(1, u.numel() // REVIVE_SAMPLE)].to(self.in_weight.dtype)  # (P,) strided subsample
+        hidden = torch.relu(sample[:, None, None] * self.in_weight + self.in_bias)  # (P, L, hidden)
+        pre = (hidden * self.out_weight).sum(-1) + self.out_bias  # (P, L) before the final ReLU
+        dead = pre.max(dim=0).values <= 0  # (L,)
+        shift = torch.where(dead, -pre.median(dim=0).values, 0.0)
+        world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+        self.out_bias.add_(sum_across_ranks(shift) / world)
+        self.channels_checked.fill_(True)
+        self.checking_pending = False
 
 
 @register_attention("luna")
 class LunaAttention(LinearAttentionCore):
     def __init__(self, num_heads: int, head_dim: int, *, num_features: int = 16, num_channels: int = 4,
-                 hidden: int = 64, chunk_size: int = 64, eps: float = 1.0e-6):
+                 hidden: int = 64, envelope: Literal["none", "learned"] = "none", revive_dead_channels: bool = False,
+                 chunk_size: int = 64, eps: float = 1.0e-6):
         for name, value in (("num_features", num_features), ("num_channels", num_channels), ("hidden", hidden)):
             if value < 1:
                 raise ConfigError(f"attention.{name} must be a positive integer, got {value}")
-        feature_map = LunaFeatureMap(head_dim, num_features, num_channels, hidden)
+        if envelope not in ENVELOPES:
+            raise ConfigError(f"attention.envelope must be one of {', '.join(ENVELOPES)}, got {envelope!r}")
+        feature_map = LunaFeatureMap(head_dim, num_features, num_channels, hidden, envelope=envelope,
+                                     revive_dead_channels=revive_dead_channels)
         super().__init__(num_heads, head_dim, feature_map, chunk_size=chunk_size, eps=eps)

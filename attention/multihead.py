@@ -2,8 +2,11 @@
 
 Backbones never talk to a core directly; they build `MultiHeadAttention(dim, heads, attention=...)`
 where `attention` is a registry name, an `AttentionSpec` (name + options) or an `AttentionCore`
-subclass. Whether the block is causal or cross-attention is stated here, at construction, so an
-incapable mechanism is refused before training starts.
+subclass. Each head works in `head_dim` dimensions (default dim / heads); the projections map the
+model width to the inner width heads × head_dim and back, as in vit-pytorch and the ESPFormer code
+(64 per head whatever the width; for `esp` the head dimension is also the number of slices). Whether the
+block is causal or cross-attention is stated here, at construction, so an incapable mechanism is refused
+before training starts.
 
 Decoding: `step(x, state)` runs the newest positions only. For causal self-attention the state is the
 core's (a KV cache or a recurrent state, see `AttentionCore.step`); for cross-attention it is the
@@ -42,16 +45,20 @@ def make_core(attention: AttentionLike, *, num_heads: int, head_dim: int, causal
 class MultiHeadAttention(nn.Module):
     def __init__(self, dim: int, num_heads: int, attention: AttentionLike = "softmax", *,
                  context_dim: int | None = None, causal: bool = False, cross: bool = False,
-                 qkv_bias: bool = False):
+                 qkv_bias: bool = False, head_dim: int | None = None):
         super().__init__()
-        if dim % num_heads:
-            raise ConfigError(f"dim {dim} is not divisible by num_heads {num_heads}")
-        self.num_heads, self.head_dim, self.causal, self.cross = num_heads, dim // num_heads, causal, cross
+        if head_dim is None and dim % num_heads:
+            raise ConfigError(f"dim {dim} is not divisible by num_heads {num_heads}; set head_dim")
+        if head_dim is not None and head_dim < 1:
+            raise ConfigError(f"head_dim must be a positive integer or null (dim / num_heads), got {head_dim}")
+        self.num_heads, self.causal, self.cross = num_heads, causal, cross
+        self.head_dim = dim // num_heads if head_dim is None else head_dim
         self.core = make_core(attention, num_heads=num_heads, head_dim=self.head_dim,
                               causal=causal, cross=cross)
-        self.to_q = nn.Linear(dim, dim, bias=qkv_bias)
-        self.to_kv = nn.Linear(context_dim or dim, 2 * dim, bias=qkv_bias)
-        self.to_out = nn.Linear(dim, dim)
+        inner = num_heads * self.head_dim
+        self.to_q = nn.Linear(dim, inner, bias=qkv_bias)
+        self.to_kv = nn.Linear(context_dim or dim, 2 * inner, bias=qkv_bias)
+        self.to_out = nn.Linear(inner, dim)
 
     def _heads(self, x: Tensor) -> Tensor:
         b, n, _ = x.shape
@@ -82,7 +89,7 @@ class MultiHeadAttention(nn.Module):
 
     def _merge(self, out: Tensor) -> Tensor:
         b, _, n, _ = out.shape
-        return self.to_out(out.transpose(1, 2).reshape(b, n, -1))  # (B, Nq, dim)
+        return self.to_out(out.transpose(1, 2).reshape(b, n, -1))  # (B, Nq, H·D) -> (B, Nq, dim)
 
     def step(self, x: Tensor, state=None, context: Tensor | None = None,
              key_padding_mask: Tensor | None = None) -> tuple[Tensor, object]:

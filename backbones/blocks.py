@@ -19,15 +19,16 @@ class TransformerBlock(nn.Module):
     def __init__(self, dim: int, num_heads: int, attention: AttentionLike = "softmax", *,
                  mlp_ratio: float = 4.0, dropout: float = 0.0, causal: bool = False,
                  cross_attention: AttentionLike | None = None, context_dim: int | None = None,
-                 qkv_bias: bool = False, norm_eps: float = 1e-5):
+                 qkv_bias: bool = False, norm_eps: float = 1e-5, head_dim: int | None = None):
         super().__init__()
         self.norm_attn = nn.LayerNorm(dim, eps=norm_eps)
-        self.attn = MultiHeadAttention(dim, num_heads, attention, causal=causal, qkv_bias=qkv_bias)
+        self.attn = MultiHeadAttention(dim, num_heads, attention, causal=causal, qkv_bias=qkv_bias,
+                                       head_dim=head_dim)
         self.cross = None
         if cross_attention is not None:
             self.norm_cross = nn.LayerNorm(dim, eps=norm_eps)
             self.cross = MultiHeadAttention(dim, num_heads, cross_attention, cross=True,
-                                            context_dim=context_dim, qkv_bias=qkv_bias)
+                                            context_dim=context_dim, qkv_bias=qkv_bias, head_dim=head_dim)
         self.norm_ffn = nn.LayerNorm(dim, eps=norm_eps)
         self.ffn = FeedForward(dim, int(dim * mlp_ratio), dropout)
         self.dropout = nn.Dropout(dropout)
@@ -61,11 +62,11 @@ class Encoder(nn.Module):
 
     def __init__(self, dim: int, depth: int, num_heads: int, attention: AttentionLike = "softmax", *,
                  mlp_ratio: float = 4.0, dropout: float = 0.0, causal: bool = False, qkv_bias: bool = False,
-                 norm_eps: float = 1e-5):
+                 norm_eps: float = 1e-5, head_dim: int | None = None):
         super().__init__()
         self.blocks = nn.ModuleList(
             TransformerBlock(dim, num_heads, attention, mlp_ratio=mlp_ratio, dropout=dropout, causal=causal,
-                             qkv_bias=qkv_bias, norm_eps=norm_eps)
+                             qkv_bias=qkv_bias, norm_eps=norm_eps, head_dim=head_dim)
             for _ in range(depth)
         )
         self.norm = nn.LayerNorm(dim, eps=norm_eps)

@@ -8,7 +8,8 @@ sampling (all points when `num_tokens` is None or >= N); each centre i gathers i
 points j and becomes max_j MLP([f_j - f_i ; f_i]). Attention then runs over all centres.
 
 The defaults are a CPU-sized model for short runs (128 tokens, dim 64, 2 blocks, no head dropout); PCT's setting
-(256 tokens, 32 neighbours, dim 128, 4 blocks, head dropout 0.5) is `experiment=modelnet_pct`.
+(256 tokens, 32 neighbours, dim 128, 4 blocks, head dropout 0.5) is `experiment=modelnet_pct`. `head_dim` (default
+dim / num_heads) sets each head's width independently of `dim`.
 """
 from __future__ import annotations
 
@@ -55,7 +56,8 @@ class NeighbourhoodEmbedding(nn.Module):
 @register_backbone("point_transformer", aliases=("pct",))
 class PointTransformer(nn.Module):
     def __init__(self, *, num_classes: int, in_channels: int, attention: AttentionSpec, pooling: PoolingSpec,
-                 dim: int = 64, depth: int = 2, num_heads: int = 4, mlp_ratio: float = 2.0, dropout: float = 0.0,
+                 dim: int = 64, depth: int = 2, num_heads: int = 4, head_dim: int | None = None,
+                 mlp_ratio: float = 2.0, dropout: float = 0.0,
                  neighbours: int = 16, num_tokens: int | None = 128, head_hidden: int = 128,
                  head_dropout: float = 0.0):
         super().__init__()
@@ -63,7 +65,8 @@ class PointTransformer(nn.Module):
             raise ValueError(f"in_channels must be 3 (xyz) or 6 (xyz + normals), got {in_channels}")
         self.point_embed = nn.Sequential(linear_norm_act(in_channels, dim), linear_norm_act(dim, dim))
         self.neighbourhood = NeighbourhoodEmbedding(dim, neighbours, num_tokens)
-        self.encoder = Encoder(dim, depth, num_heads, attention, mlp_ratio=mlp_ratio, dropout=dropout)
+        self.encoder = Encoder(dim, depth, num_heads, attention, mlp_ratio=mlp_ratio, dropout=dropout,
+                               head_dim=head_dim)
         self.pool = build_pooling(pooling if pooling.name else PoolingSpec("max_mean", pooling.options), dim=dim)
         if self.pool.needs_cls_token:
             raise ConfigError(f"pooling '{pooling.name}' reads a CLS token, which point_transformer does not add")

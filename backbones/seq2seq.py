@@ -17,7 +17,8 @@ constructor defaults; `attention.*` options apply to the encoder.
 Decoding (backbones/decoding.py) runs `encode` once, then `decode_step` one token at a time with a state
 per layer: a KV cache for softmax, the constant-size recurrent state for the linear mechanisms, the
 projected encoder keys/values for cross-attention. The defaults are sized for a CPU; fairseq's
-`transformer_iwslt_de_en` is `experiment=transformer_iwslt_de_en`.
+`transformer_iwslt_de_en` is `experiment=transformer_iwslt_de_en`. `head_dim` (default dim / num_heads) sets
+each head's width in every block.
 """
 from __future__ import annotations
 
@@ -77,7 +78,8 @@ def select_rows(state, index: Tensor):
 @register_backbone("seq2seq")
 class Seq2Seq(nn.Module):
     def __init__(self, *, vocab_size: int, attention: AttentionSpec, dim: int = 256, encoder_depth: int = 3,
-                 decoder_depth: int = 3, num_heads: int = 4, mlp_ratio: float = 2.0, dropout: float = 0.1,
+                 decoder_depth: int = 3, num_heads: int = 4, head_dim: int | None = None, mlp_ratio: float = 2.0,
+                 dropout: float = 0.1,
                  decoder_attention: str = "softmax", cross_attention: str = "softmax",
                  share_embeddings: bool = True):
         super().__init__()
@@ -85,7 +87,7 @@ class Seq2Seq(nn.Module):
                            ("num_heads", num_heads)):
             if value < 1:
                 raise ConfigError(f"model.{key} must be a positive integer, got {value}")
-        if dim % num_heads:
+        if head_dim is None and dim % num_heads:
             raise ConfigError(f"model.dim {dim} is not divisible by model.num_heads {num_heads}")
         if not 0.0 <= dropout < 1.0:
             raise ConfigError(f"model.dropout must be in [0, 1), got {dropout}")
@@ -97,10 +99,11 @@ class Seq2Seq(nn.Module):
         for embedding in {self.target_embed, self.source_embed}:
             nn.init.normal_(embedding.weight, std=dim ** -0.5)
         self.dropout = nn.Dropout(dropout)
-        self.encoder = Encoder(dim, encoder_depth, num_heads, attention, mlp_ratio=mlp_ratio, dropout=dropout)
+        self.encoder = Encoder(dim, encoder_depth, num_heads, attention, mlp_ratio=mlp_ratio, dropout=dropout,
+                               head_dim=head_dim)
         self.decoder = nn.ModuleList(
             TransformerBlock(dim, num_heads, decoder_attention, mlp_ratio=mlp_ratio, dropout=dropout, causal=True,
-                             cross_attention=cross_attention)
+                             cross_attention=cross_attention, head_dim=head_dim)
             for _ in range(decoder_depth))
         self.decoder_norm = nn.LayerNorm(dim)
 

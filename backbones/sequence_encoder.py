@@ -2,7 +2,8 @@
 
 Generic over vocabularies (amino acids here; subword or byte tokens for text tasks). The attention is
 chosen by name (`attention=`), the pooling from the registry (default: masked mean; a pooling that
-reads a CLS token gets one prepended). Padding never influences the valid positions' outputs, so a
+reads a CLS token gets one prepended). `head_dim` (default dim / num_heads) sets each head's width.
+Padding never influences the valid positions' outputs, so a
 batch padded to its longest sequence gives every sequence the logits it would get alone.
 """
 from __future__ import annotations
@@ -32,8 +33,8 @@ def prepend_cls(x: Tensor, padding_mask: Tensor | None, cls_token: Tensor) -> tu
 @register_backbone("sequence_encoder")
 class SequenceEncoder(nn.Module):
     def __init__(self, *, num_classes: int, vocab_size: int, max_length: int, attention: AttentionSpec,
-                 pooling: PoolingSpec, dim: int = 128, depth: int = 2, num_heads: int = 4, mlp_ratio: float = 2.0,
-                 dropout: float = 0.0):
+                 pooling: PoolingSpec, dim: int = 128, depth: int = 2, num_heads: int = 4, head_dim: int | None = None,
+                 mlp_ratio: float = 2.0, dropout: float = 0.0):
         super().__init__()
         self.max_length = max_length
         self.token_embed = nn.Embedding(vocab_size, dim)
@@ -43,7 +44,8 @@ class SequenceEncoder(nn.Module):
         self.pool = build_pooling(pooling_or_default(pooling), dim=dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim)) if self.pool.needs_cls_token else None
         self.dropout = nn.Dropout(dropout)
-        self.encoder = Encoder(dim, depth, num_heads, attention, mlp_ratio=mlp_ratio, dropout=dropout)
+        self.encoder = Encoder(dim, depth, num_heads, attention, mlp_ratio=mlp_ratio, dropout=dropout,
+                               head_dim=head_dim)
         self.head = nn.Linear(self.pool.output_dim, num_classes)
 
     def forward(self, tokens: Tensor, padding_mask: Tensor | None = None) -> Tensor:

@@ -4,6 +4,7 @@ features (B, N, C) + padding mask -> optional linear projection to `dim` -> opti
 blocks with the attention chosen by name -> pooling from the registry (default: masked mean) ->
 linear head. With the defaults (no projection, depth 0) it is "pooling + linear probe", the setting
 in which the constrained sliced-Wasserstein embedding paper compares poolings of frozen ESM-2 features.
+`head_dim` (default width / num_heads) sets each head's width in the blocks.
 """
 from __future__ import annotations
 
@@ -22,13 +23,13 @@ from .sequence_encoder import pooling_or_default, prepend_cls
 @register_backbone("set_pooler")
 class SetPooler(nn.Module):
     def __init__(self, *, num_classes: int, input_dim: int, attention: AttentionSpec, pooling: PoolingSpec,
-                 dim: int | None = None, depth: int = 0, num_heads: int = 4, mlp_ratio: float = 2.0,
-                 dropout: float = 0.0):
+                 dim: int | None = None, depth: int = 0, num_heads: int = 4, head_dim: int | None = None,
+                 mlp_ratio: float = 2.0, dropout: float = 0.0):
         super().__init__()
         width = dim or input_dim
         self.project = nn.Linear(input_dim, width) if dim else nn.Identity()
-        self.encoder = (Encoder(width, depth, num_heads, attention, mlp_ratio=mlp_ratio, dropout=dropout)
-                        if depth else None)
+        self.encoder = (Encoder(width, depth, num_heads, attention, mlp_ratio=mlp_ratio, dropout=dropout,
+                                head_dim=head_dim) if depth else None)
         self.pool = build_pooling(pooling_or_default(pooling), dim=width)
         if self.pool.needs_cls_token and self.encoder is None:
             raise ConfigError(f"pooling '{pooling.name}' reads a CLS token, which needs encoder blocks: "

@@ -2,7 +2,8 @@
 
 points (B, N, 3 or 6) -> linear embedding -> `depth` ISAB blocks -> PMA (a learned seed attends to the set)
 -> linear head, with `head_dropout` before and after PMA (0.5 in the reference ModelNet model). The defaults
-suit short CPU runs; Sinkformer's setting is `experiment=modelnet_set_transformer`.
+suit short CPU runs; Sinkformer's setting is `experiment=modelnet_set_transformer`. `head_dim` (default
+dim / num_heads) sets each head's width.
 
 Every attention here is cross-attention: in ISAB the M inducing points attend to the set (M x N), then the
 set attends to that summary (N x M), which costs O(N M) instead of O(N^2). A mechanism that cannot do
@@ -32,10 +33,11 @@ from .blocks import FeedForward
 class MAB(nn.Module):
     """Multihead attention block: h = x + Attn(LN(x), LN(y)); out = h + FFN(LN(h))."""
 
-    def __init__(self, dim: int, num_heads: int, attention: AttentionSpec, mlp_ratio: float, dropout: float):
+    def __init__(self, dim: int, num_heads: int, attention: AttentionSpec, mlp_ratio: float, dropout: float,
+                 head_dim: int | None):
         super().__init__()
         self.norm_query, self.norm_context = nn.LayerNorm(dim), nn.LayerNorm(dim)
-        self.attn = MultiHeadAttention(dim, num_heads, attention, cross=True)
+        self.attn = MultiHeadAttention(dim, num_heads, attention, cross=True, head_dim=head_dim)
         self.norm_ffn = nn.LayerNorm(dim)
         self.ffn = FeedForward(dim, int(dim * mlp_ratio), dropout)
 
@@ -49,11 +51,11 @@ class ISAB(nn.Module):
     """Induced set attention block: ISAB(X) = MAB(X, MAB(I, X)) with M learned inducing points I."""
 
     def __init__(self, dim: int, num_heads: int, num_inducing: int, attention: AttentionSpec, mlp_ratio: float,
-                 dropout: float):
+                 dropout: float, head_dim: int | None):
         super().__init__()
         self.inducing = nn.Parameter(torch.randn(1, num_inducing, dim))  # unit entries: see module docstring
-        self.summarise = MAB(dim, num_heads, attention, mlp_ratio, dropout)
-        self.broadcast = MAB(dim, num_heads, attention, mlp_ratio, dropout)
+        self.summarise = MAB(dim, num_heads, attention, mlp_ratio, dropout, head_dim)
+        self.broadcast = MAB(dim, num_heads, attention, mlp_ratio, dropout, head_dim)
 
     def forward(self, x: Tensor) -> Tensor:
         """x: (B, N, dim) -> (B, N, dim)."""
@@ -64,10 +66,11 @@ class ISAB(nn.Module):
 class PMA(nn.Module):
     """Pooling by multihead attention with one learned seed: (B, N, dim) -> (B, dim)."""
 
-    def __init__(self, dim: int, num_heads: int, attention: AttentionSpec, mlp_ratio: float, dropout: float):
+    def __init__(self, dim: int, num_heads: int, attention: AttentionSpec, mlp_ratio: float, dropout: float,
+                 head_dim: int | None):
         super().__init__()
         self.seed = nn.Parameter(torch.randn(1, 1, dim))
-        self.mab = MAB(dim, num_heads, attention, mlp_ratio, dropout)
+        self.mab = MAB(dim, num_heads, attention, mlp_ratio, dropout, head_dim)
         self.norm = nn.LayerNorm(dim)
         self.output_dim = dim
 
@@ -80,14 +83,14 @@ class SetTransformer(nn.Module):
     """`pooling` left unset uses the built-in PMA (same attention); a registry pooling replaces it."""
 
     def __init__(self, *, num_classes: int, in_channels: int, attention: AttentionSpec, pooling: PoolingSpec,
-                 dim: int = 128, depth: int = 2, num_heads: int = 4, num_inducing: int = 16, mlp_ratio: float = 2.0,
-                 dropout: float = 0.0, head_dropout: float = 0.0):
+                 dim: int = 128, depth: int = 2, num_heads: int = 4, head_dim: int | None = None,
+                 num_inducing: int = 16, mlp_ratio: float = 2.0, dropout: float = 0.0, head_dropout: float = 0.0):
         super().__init__()
         self.embed = nn.Linear(in_channels, dim)
-        self.blocks = nn.Sequential(*(ISAB(dim, num_heads, num_inducing, attention, mlp_ratio, dropout)
+        self.blocks = nn.Sequential(*(ISAB(dim, num_heads, num_inducing, attention, mlp_ratio, dropout, head_dim)
                                       for _ in range(depth)))
         if pooling.name is None:
-            self.pool = PMA(dim, num_heads, attention, mlp_ratio, dropout)
+            self.pool = PMA(dim, num_heads, attention, mlp_ratio, dropout, head_dim)
         else:
             self.pool = build_pooling(pooling, dim=dim)
             if self.pool.needs_cls_token:

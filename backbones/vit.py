@@ -6,6 +6,7 @@ pre-LN blocks, pooling from the registry, linear head. CIFAR preset: patch 4 -> 
 With `mlp_ratio=4`, `qkv_bias=True`, `norm_eps=1e-6` and CLS pooling (the default pooling) it is exactly
 torchvision's `VisionTransformer` / DeiT's ViT (ImageNet presets `imagenet_vit_s16`, `imagenet_vit_b16`), so
 their weights load into it (`backbones.torchvision_vit`). Defaults are the lab's CIFAR setting.
+`head_dim` (default dim / num_heads) sets each head's width independently of `dim` (64 in the original ViT).
 """
 from __future__ import annotations
 
@@ -24,8 +25,8 @@ from .blocks import Encoder
 class ViT(nn.Module):
     def __init__(self, *, num_classes: int, image_size: int, in_channels: int, attention: AttentionSpec,
                  pooling: PoolingSpec, patch_size: int = 4, dim: int = 192, depth: int = 6,
-                 num_heads: int = 4, mlp_ratio: float = 2.0, dropout: float = 0.0, qkv_bias: bool = False,
-                 norm_eps: float = 1e-5):
+                 num_heads: int = 4, head_dim: int | None = None, mlp_ratio: float = 2.0, dropout: float = 0.0,
+                 qkv_bias: bool = False, norm_eps: float = 1e-5):
         super().__init__()
         if image_size % patch_size:
             raise ConfigError(f"image_size {image_size} is not divisible by model.patch_size {patch_size}")
@@ -38,7 +39,7 @@ class ViT(nn.Module):
         num_tokens = num_patches + (1 if self.cls_token is not None else 0)
         self.pos_embed = nn.Parameter(torch.randn(1, num_tokens, dim) * 0.02)
         self.encoder = Encoder(dim, depth, num_heads, attention, mlp_ratio=mlp_ratio, dropout=dropout,
-                               qkv_bias=qkv_bias, norm_eps=norm_eps)
+                               qkv_bias=qkv_bias, norm_eps=norm_eps, head_dim=head_dim)
         self.head = nn.Linear(self.pool.output_dim, num_classes)
 
     def forward(self, images: Tensor) -> Tensor:

@@ -9,8 +9,10 @@ import torch
 from scipy.interpolate import interp1d
 
 from attention.pooling import build_pooling
+from attention.pooling.lapsum import lapsum_matrix
 from attention.pooling.sliced import dense_coupling, quantile_coupling, quantile_resample, softsort_apply, \
     sort_valid_first
+from lab.checkpoint import save_checkpoint
 from lab.hooks import collect_auxiliary_losses, run_after_step_hooks
 from lab.registry import ConfigError
 
@@ -151,8 +153,10 @@ def test_bad_options_name_the_valid_choices():
         build_pooling("swe", dim=C, output="stack")
     with pytest.raises(ConfigError, match="'auto'"):
         build_pooling("cswe", dim=C, eps="often")
-    with pytest.raises(ConfigError, match="softsort"):
-        build_pooling("cswe", dim=C, relaxation="lapsum")
+    with pytest.raises(ConfigError, match="softsort.*lapsum"):
+        build_pooling("cswe", dim=C, relaxation="sinkhorn")
+    with pytest.raises(ConfigError, match="not both"):
+        build_pooling("cswe", dim=C, eps=1.0, eps_from="runs/x")
     with pytest.raises(ConfigError, match="unknown option 'tau'"):
         build_pooling("swe", dim=C, tau=1.0)
 
@@ -194,37 +198,49 @@ def test_hard_swgg_equals_dense_brute_force(num_refs, padding):
         np.testing.assert_allclose(hard[b].numpy(), brute_force_swgg(x[b, :n].numpy(), refs, theta), rtol=1e-10)
 
 
-def test_soft_cost_tends_to_hard_cost_as_temperature_goes_to_zero(padding):
+@pytest.mark.parametrize("relaxation", ["softsort", "lapsum"])
+def test_soft_cost_tends_to_hard_cost_as_temperature_goes_to_zero(relaxation, padding):
     x, mask = sets(3, 8), padding(8, [8, 6, 3])
     _, hard = costs(make(), x, mask)
     errors = []
     for temperature in (1.0, 1e-2, 1e-4, 1e-7):
-        soft, _ = costs(make(relaxation_temperature=temperature), x, mask)
+        soft, _ = costs(make(relaxation=relaxation, relaxation_temperature=temperature), x, mask)
         errors.append((soft - hard).abs().max().item())
     assert errors[0] > 1e-2, "a soft relaxation should differ from the hard cost"
     assert errors == sorted(errors, reverse=True) and errors[-1] < 1e-8, errors
 
 
-def dense_soft_swgg(x: torch.Tensor, refs: torch.Tensor, directions: torch.Tensor, temperature: float):
-    """(L,) sqrt(<C, P̃_xᵀ Q P̃_r>) with every matrix dense (n × n SoftSort matrices, POT's 1-D plan Q)."""
+def dense_lapsum(values: torch.Tensor, temperature: float) -> torch.Tensor:
+    """(n, n) LapSum matrix of one unpadded set (checked against its definition in test_lapsum.py)."""
+    return lapsum_matrix(values.sort().values, values, None, temperature)
+
+
+DENSE_RELAXATIONS = {"softsort": dense_softsort, "lapsum": dense_lapsum}
+
+
+def dense_soft_swgg(x: torch.Tensor, refs: torch.Tensor, directions: torch.Tensor, temperature: float,
+                    relaxation: str = "softsort"):
+    """(L,) sqrt(<C, P̃_xᵀ Q P̃_r>) with every matrix dense (n × n soft permutations, POT's 1-D plan Q)."""
     n, m = len(x), len(refs)
     plan = torch.from_numpy(ot.emd_1d(np.arange(n, dtype=float), np.arange(m, dtype=float)))  # (n, m)
     cost = (x[:, None, :] - refs[None, :, :]).square().sum(-1)  # (n, m)
     unit = torch.nn.functional.normalize(directions, dim=1)
-    lifted = [dense_softsort(x @ u, temperature).T @ plan @ dense_softsort(refs @ u, temperature) for u in unit]
+    soft = DENSE_RELAXATIONS[relaxation]
+    lifted = [soft(x @ u, temperature).T @ plan @ soft(refs @ u, temperature) for u in unit]
     return torch.stack([(cost * gamma).sum().sqrt() for gamma in lifted])
 
 
+@pytest.mark.parametrize("relaxation", ["softsort", "lapsum"])
 @pytest.mark.parametrize("temperature", [0.05, 1.0])
-def test_soft_cost_and_its_gradients_equal_the_dense_definition(temperature, padding):
-    pool = make(num_refs=5, relaxation_temperature=temperature)
+def test_soft_cost_and_its_gradients_equal_the_dense_definition(temperature, relaxation, padding):
+    pool = make(num_refs=5, relaxation_temperature=temperature, relaxation=relaxation)
     lengths = [8, 6, 3]
     x, mask = sets(3, 8, seed=4).requires_grad_(), padding(8, lengths)
     soft, _ = costs(pool, x, mask)
     weights = torch.rand(soft.shape, generator=torch.Generator().manual_seed(5), dtype=torch.float64)
     gradients = torch.autograd.grad((weights * soft).sum(), [x, pool.slice_directions, pool.references])
-    expected = torch.stack([dense_soft_swgg(x[b, :n], pool.references, pool.slice_directions, temperature)
-                            for b, n in enumerate(lengths)])
+    expected = torch.stack([dense_soft_swgg(x[b, :n], pool.references, pool.slice_directions, temperature,
+                                            relaxation) for b, n in enumerate(lengths)])
     torch.testing.assert_close(soft, expected, rtol=1e-10, atol=1e-12)
     expected_gradients = torch.autograd.grad((weights * expected).sum(), [x, pool.slice_directions, pool.references])
     for gradient, reference in zip(gradients, expected_gradients):
@@ -237,10 +253,40 @@ def test_soft_cost_sets_estimates_on_the_first_sets_and_keeps_the_hard_costs_who
     for count, used in ((2, 2), (5, 5), (9, 5), (0, 5)):
         pool = make(soft_cost_sets=count).train()
         pool(x, mask)
-        torch.testing.assert_close(pool.last_soft_costs, soft[:used].mean(0))
-        torch.testing.assert_close(pool.last_hard_costs, hard.mean(0))
+        torch.testing.assert_close(pool.soft_costs, soft[:used].mean(0))
+        means = pool.step_means.reduce()
+        torch.testing.assert_close(means["hard"], hard.mean(0))
+        torch.testing.assert_close(means["soft"], soft[:used].mean(0))
     with pytest.raises(ValueError, match="soft_cost_sets must be >= 0"):
         make(soft_cost_sets=-1)
+
+
+def test_dual_step_uses_the_mean_cost_over_the_micro_batches_of_an_accumulated_step():
+    """Three micro-batches (sizes 4, 2, 3), one optimizer step: λ moves by η(mean over all 9 sets − ε)."""
+    parts = [sets(4, 8, seed=1), sets(2, 8, seed=2), sets(3, 8, seed=3)]
+    hard = torch.cat([costs(make(), x)[1] for x in parts])  # (9, L)
+    eps = hard.mean().item()
+    pool = make(eps=eps, dual_lr=0.1).train()
+    for x in parts:
+        pool(x)
+        assert set(collect_auxiliary_losses(pool)) == {"cswe/constraint"}  # one penalty per micro-batch
+    metrics = run_after_step_hooks(pool)
+    torch.testing.assert_close(pool.lambdas, (0.1 * (hard.mean(0) - eps)).clamp_min(0))
+    assert metrics["cswe/cost_hard_mean"] == pytest.approx(hard.mean().item())
+    assert metrics["cswe/cost_spread"] == pytest.approx((hard.mean(0).max() - hard.mean(0).min()).item())
+    assert run_after_step_hooks(pool) == {}  # the next step starts afresh
+
+
+def test_independent_pairing_cost_is_the_cost_of_the_product_coupling(padding):
+    pool = make("swe").train()
+    lengths = [8, 5, 2]
+    x, mask = sets(3, 8, seed=9), padding(8, lengths)
+    pool(x, mask)
+    logged = run_after_step_hooks(pool)["swe/cost_independent"]
+    refs = pool.references.detach()
+    expected = np.mean([(x[b, :n, None, :] - refs[None]).square().sum(-1).mean().sqrt().item()
+                        for b, n in enumerate(lengths)])
+    assert logged == pytest.approx(expected, rel=1e-10)
 
 
 @pytest.mark.parametrize("constrain_inputs", [False, True])
@@ -297,7 +343,7 @@ def test_huge_eps_keeps_lambda_zero_and_slice_weights_uniform():
 
 
 def test_auto_eps_is_a_fraction_of_the_mean_cost_of_the_first_batches():
-    pool = make(eps="auto", auto_eps_fraction=0.5, auto_eps_batches=3, dual_lr=0.1)
+    pool = make(eps="auto", eps_fraction=0.5, auto_eps_batches=3, dual_lr=0.1)
     means = []
     for seed in range(3):
         x = sets(4, 8, seed=seed)
@@ -350,7 +396,7 @@ def test_training_loop_shrinks_violations_while_accuracy_rises():
 
     torch.manual_seed(0)
     pool = build_pooling("cswe", dim=2, num_slices=4, num_refs=8, eps="auto", auto_eps_batches=5,
-                         auto_eps_fraction=0.85, dual_lr=0.5, relaxation_temperature=0.1)
+                         eps_fraction=0.85, dual_lr=0.5, relaxation_temperature=0.1)
     model = torch.nn.ModuleDict({"pool": pool, "head": torch.nn.Linear(pool.output_dim, 2)})
     torch.nn.init.zeros_(model["head"].weight)
     torch.nn.init.zeros_(model["head"].bias)
@@ -380,3 +426,30 @@ def test_training_loop_shrinks_violations_while_accuracy_rises():
           f"{accuracy_before:.2f} -> {accuracy_after:.2f}; lambda_max {metrics['cswe/lambda_max']:.2f}")
     assert late < 0.3 * early
     assert accuracy_before < 0.6 and accuracy_after > 0.85
+
+
+# -- eps_from: ε from a trained swe run (the end-to-end case is in test_trainer.py) -------------------
+def write_run(folder, pooling: str, record: list[float] | None, stamp: str):
+    """A checkpoint in the trainer's format: runs/<name>/<stamp>/last.pt with the model and the config."""
+    model = {"pool.references": torch.zeros(6, C)}
+    if record is not None:
+        model["pool.hard_cost_record"] = torch.tensor(record)
+    path = folder / stamp / "last.pt"
+    save_checkpoint({"model": model, "config": {"pooling": {"name": pooling}}}, path)
+    return path
+
+
+def test_eps_from_reads_the_newest_swe_run_and_refuses_anything_else(tmp_path):
+    runs = tmp_path / "protein-lotformer-s0"
+    swe = write_run(runs, "swe", [6.0, 2.0], "20260101-000000")  # recorded cost 3.0
+    cswe = write_run(runs, "cswe", [9.0, 1.0], "20260102-000000")  # newer, but constrained
+    for source in (runs, swe.parent, swe):
+        assert make(eps_from=str(source), eps_fraction=0.5).eps.item() == pytest.approx(1.5)
+    for source, message in ((cswe, "pooling 'cswe'"), (tmp_path / "none", "does not exist"),
+                            (write_run(tmp_path / "old", "swe", None, "x"), "predates cost recording"),
+                            (write_run(tmp_path / "fresh", "swe", [0.0, 0.0], "x"), "not taken a training step")):
+        with pytest.raises(ConfigError, match=message):
+            make(eps_from=str(source))
+    (tmp_path / "junk.pt").write_text("not a checkpoint")
+    with pytest.raises(ConfigError, match="cannot load"):
+        make(eps_from=str(tmp_path / "junk.pt"))

@@ -111,3 +111,62 @@ def test_hidden_activations_are_never_stored_for_backward():
 def test_non_positive_sizes_are_rejected(option):
     with pytest.raises(ConfigError, match=option):
         build_attention("luna", num_heads=2, head_dim=8, **{option: 0})
+
+
+# -- options beyond Listing 1 --------------------------------------------------------------------------------
+def test_learned_envelope_is_the_identity_at_init_and_a_learned_positive_key_weight_after():
+    plain, enveloped = make(), make(envelope="learned")
+    enveloped.load_state_dict(plain.state_dict(), strict=False)  # the same W, b and channel MLPs
+    q, k, v = (torch.randn(2, 2, 9, 8, dtype=F64) for _ in range(3))
+    mask = torch.arange(9)[None] >= torch.tensor([[9], [6]])
+    torch.testing.assert_close(enveloped(q, k, v, key_padding_mask=mask), plain(q, k, v, key_padding_mask=mask))
+    with torch.no_grad():
+        enveloped.feature_map.envelope.weight.normal_()
+        enveloped.feature_map.envelope.bias.fill_(0.3)
+    envelope = lambda x: (x @ enveloped.feature_map.envelope.weight.T + 0.3).clamp(-10, 10).exp()  # noqa: E731
+    torch.testing.assert_close(enveloped.feature_map(k), plain.feature_map(k) * envelope(k))  # (2, 2, 9, m·L)
+    out = enveloped(q, k, v, key_padding_mask=mask)
+    out.sum().backward()
+    assert enveloped.feature_map.envelope.weight.grad.abs().sum() > 0
+    keys = plain.feature_map(k) * envelope(k) * (~mask)[:, None, :, None]  # h(k_j) weights key j
+    query = plain.feature_map(q) * envelope(q)  # h(q_i) cancels in row i's ratio (up to δ)
+    expected = (query @ keys.transpose(-1, -2) @ v) / (query @ keys.sum(-2, keepdim=True).transpose(-1, -2)
+                                                       + enveloped.eps)
+    valid = ~mask[:, None, :, None]  # padded query rows are zero
+    torch.testing.assert_close(out, expected * valid)
+
+
+def dead_channels(core, u_scale=0.6) -> torch.Tensor:
+    """(L,) True for channels whose pre-activation is <= 0 on every input of a batch."""
+    feature_map = core.feature_map
+    x = torch.randn(2, 2, 64, 8, dtype=F64) * u_scale
+    features = feature_map(x).view(-1, feature_map.num_features, feature_map.in_weight.shape[0])
+    return ~(features > 0).flatten(0, 1).any(0)
+
+
+def test_revive_dead_channels_raises_only_the_dead_ones_once_on_the_first_training_batch():
+    core = make(revive_dead_channels=True)
+    feature_map = core.feature_map
+    with torch.no_grad():
+        feature_map.out_bias[:2] = -100.0  # channels 0 and 1 dead everywhere
+    before = feature_map.out_bias.detach().clone()
+    core.eval()
+    assert dead_channels(core)[:2].all()  # evaluation never revives
+    core.train()
+    q = torch.randn(2, 2, 64, 8, dtype=F64) * 0.6
+    core(q, q, q)
+    after = feature_map.out_bias.detach().clone()
+    assert not dead_channels(core).any() and bool(feature_map.channels_checked)
+    torch.testing.assert_close(after[2:], before[2:])  # the live ones are untouched
+    positive = (feature_map(q).view(-1, 16, 4) > 0).flatten(0, 1).double().mean(0)
+    assert ((positive[:2] - 0.5).abs() < 0.05).all(), positive  # positive on about half of the batch
+    core(q * 3, q, q)
+    torch.testing.assert_close(feature_map.out_bias.detach(), after)  # once only
+    restored = make(revive_dead_channels=True)
+    restored.load_state_dict(core.state_dict())  # a resumed run does not revive again
+    assert not restored.feature_map.checking_pending
+
+
+def test_bad_envelope_is_refused():
+    with pytest.raises(ConfigError, match="'none', 'learned'"):
+        make(envelope="gaussian")

@@ -10,8 +10,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch import Tensor
 
 import train
+from lab.data import to_device
+from lab.hooks import AuxiliaryGradients, collect_auxiliary_losses
 from tasks.cifar import Cifar10
 from tasks.synthetic_cifar import write_synthetic_cifar
 
@@ -140,3 +143,76 @@ def test_sigterm_saves_and_resumes(tmp_path, data_root):
     _, resumed = only_run(tmp_path)
     assert resumed.info.run_id == run.info.run_id and resumed.info.status == "FINISHED"
     assert last_state(tmp_path)["step"] == stopped_at + 2
+
+
+def head_gradient_after_clipping(tmp: Path, data_root: Path, multiplier: float, *extra: str) -> dict[str, Tensor]:
+    """One optimizer step of the real trainer (cswe pooling, every slice violated, λ = `multiplier`):
+    the gradients the optimizer receives, captured in place of its step."""
+    cfg = train.load_config(args_for(tmp, data_root, "pooling=cswe", "pooling.num_slices=4", "pooling.num_refs=8",
+                               "pooling.eps=0.0", "trainer.grad_clip=1.0", *extra))
+    trainer = train.Trainer(cfg)
+    pool = trainer.model.pool
+    pool.lambdas.fill_(multiplier)
+    seen = {}
+    trainer.optimizer.step = lambda: seen.update({name: p.grad.clone() for name, p in trainer.model.named_parameters()
+                                                  if p.grad is not None})
+    batch = to_device(trainer.task.collate([trainer.splits["train"][i] for i in range(16)]), trainer.device)
+    loss = trainer.task.training_loss(trainer.model, batch, torch.Generator().manual_seed(0))
+    auxiliary = collect_auxiliary_losses(trainer.model)
+    assert set(auxiliary) == {"cswe/constraint"}
+    trainer.auxiliary_gradients.backward(loss, auxiliary)
+    stats = trainer._optimizer_step()
+    return seen, stats
+
+
+def test_a_huge_auxiliary_penalty_does_not_shrink_the_clipped_task_gradient(tmp_path, data_root):
+    """Clipping bounds the task loss's gradient norm only; the penalty's gradient is added afterwards."""
+    plain, plain_stats = head_gradient_after_clipping(tmp_path / "a", data_root, 0.0)
+    penalised, stats = head_gradient_after_clipping(tmp_path / "b", data_root, 1e6)
+    assert plain_stats["train/grad_norm"] > 1.0, "the task gradient itself is clipped in this setting"
+    assert stats["train/grad_norm"] == pytest.approx(plain_stats["train/grad_norm"], rel=1e-6)
+    assert stats["train/aux_grad_norm"] > 1e3 and plain_stats["train/aux_grad_norm"] == 0  # λ = 0: no penalty
+    for name in ("head.weight", "head.bias", "patch_embed.weight"):
+        torch.testing.assert_close(penalised[name], plain[name], rtol=1e-6, atol=1e-9)
+    assert (penalised["pool.references"] - plain["pool.references"]).norm() > 1e3  # the penalty still acts
+
+
+def test_auxiliary_gradients_over_accumulated_micro_batches_are_added_after_clipping():
+    """Two micro-batches at scale 1/2: the optimizer sees clip(mean task gradient) + mean auxiliary gradient."""
+    model = torch.nn.Linear(3, 2)
+    inputs = torch.randn(2, 5, 3)
+
+    def losses(x):
+        out = model(x)
+        return out.square().sum(), {"penalty": 100.0 * model.weight.sum() ** 2}
+
+    task_total = sum(losses(x)[0] for x in inputs) / 2
+    aux_total = sum(losses(x)[1]["penalty"] for x in inputs) / 2
+    task_grads = torch.autograd.grad(task_total, list(model.parameters()))
+    aux_grads = torch.autograd.grad(aux_total, list(model.parameters()), allow_unused=True)
+    coefficient = min(1.0, 0.5 / float(torch.cat([g.flatten() for g in task_grads]).norm()))
+    gradients = AuxiliaryGradients(model)
+    for x in inputs:
+        task, auxiliary = losses(x)
+        gradients.backward(task, auxiliary, 0.5)
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 0.5)
+    assert gradients.add_to_gradients() == pytest.approx(float(aux_grads[0].norm()), rel=1e-5)
+    torch.testing.assert_close(model.weight.grad, coefficient * task_grads[0] + aux_grads[0])
+    torch.testing.assert_close(model.bias.grad, coefficient * task_grads[1])  # the penalty does not reach it
+    assert gradients.add_to_gradients() is None  # the buffer is emptied by each step
+
+
+def test_cswe_eps_from_a_trained_swe_run_is_the_paper_calibration(tmp_path, data_root):
+    """pooling.eps_from=<swe run> sets ε = eps_fraction × that run's recorded final mean hard slice cost."""
+    small = ("pooling.num_slices=4", "pooling.num_refs=8", "trainer.max_steps=4", "trainer.epochs=1")
+    assert train.main(args_for(tmp_path, data_root, "pooling=swe", *small)) == 0
+    (swe_checkpoint,) = (tmp_path / "runs").glob("*/*/last.pt")
+    total, weight = torch.load(swe_checkpoint, weights_only=True)["model"]["pool.hard_cost_record"].tolist()
+    assert weight > 3 and total > 0  # four steps recorded
+    run_folder = swe_checkpoint.parent.parent  # runs/<run name>: its newest run
+    cfg = train.load_config(args_for(tmp_path, data_root, "pooling=cswe", f"pooling.eps_from={run_folder}",
+                               "pooling.eps_fraction=0.75", *small))
+    pool = train.Trainer(cfg).model.pool
+    assert pool.eps.item() == pytest.approx(0.75 * total / weight) and not pool.calibrating()
+    code = train.main(args_for(tmp_path, data_root, "pooling=cswe", f"pooling.eps_from={tmp_path}/nowhere", *small))
+    assert code == 2

@@ -20,13 +20,14 @@ from .base import Pooling, register_pooling
 
 @register_pooling("pma")
 class PMAPooling(Pooling):
-    def __init__(self, dim: int, *, num_seeds: int = 1, num_heads: int = 4, attention: str = "softmax"):
+    def __init__(self, dim: int, *, num_seeds: int = 1, num_heads: int = 4, head_dim: int | None = None,
+                 attention: str = "softmax"):
         super().__init__(dim)
         if num_seeds < 1:
             raise ConfigError(f"pooling.num_seeds must be >= 1, got {num_seeds}")
         self.seeds = nn.Parameter(torch.randn(num_seeds, dim) * dim ** -0.5)  # (k, dim)
         self.norm_set = nn.LayerNorm(dim)
-        self.attn = MultiHeadAttention(dim, num_heads, attention, cross=True)
+        self.attn = MultiHeadAttention(dim, num_heads, attention, cross=True, head_dim=head_dim)
         self.norm_ffn = nn.LayerNorm(dim)
         self.ffn = nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, dim))  # Set Transformer's rFF
         self.output_dim = num_seeds * dim

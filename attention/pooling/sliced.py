@@ -3,15 +3,46 @@ the quantile coupling of two uniform measures, and soft permutations.
 
 Variable-length sets are handled by masks only: padded elements are ordered after the valid ones by
 a stable second sort on the padding flag, and no arithmetic ever reads them (no sentinel values).
-Soft permutations follow SoftSort (Prillo & Eisenschlos, ICML 2020) with squared differences.
+Soft permutations: SoftSort (Prillo & Eisenschlos, ICML 2020) with squared differences, or LapSum
+(lapsum.py).
 """
 from __future__ import annotations
 
+import dataclasses
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from .lapsum import lapsum_apply
+
+
+@dataclass
+class SlicedSets:
+    """A batch of sets and the references, projected on the slices and sorted."""
+
+    directions: Tensor  # (L, C) unit rows
+    set_projections: Tensor  # (B, N, L)
+    set_sorted: Tensor  # (B, N, L) ascending, valid elements first
+    set_order: Tensor  # (B, N, L) index of the element of rank k in slice l
+    counts: Tensor  # (B,) valid elements per set
+    ref_projections: Tensor  # (M, L)
+    ref_sorted: Tensor  # (M, L) ascending
+    ref_order: Tensor  # (M, L)
+
+    def reprojected(self, x: Tensor) -> SlicedSets:
+        """The same slicing (orders kept) with the set projections recomputed from x, e.g. x detached."""
+        projections = x @ self.directions.T  # (B, N, L)
+        return dataclasses.replace(self, set_projections=projections,
+                                   set_sorted=projections.gather(1, self.set_order))
+
+    def first_sets(self, count: int) -> SlicedSets:
+        """The same slicing restricted to the first `count` sets of the batch."""
+        return dataclasses.replace(self, set_projections=self.set_projections[:count],
+                                   set_sorted=self.set_sorted[:count], set_order=self.set_order[:count],
+                                   counts=self.counts[:count])
 
 
 def valid_counts(padding_mask: Tensor | None, batch: int, length: int, device: torch.device) -> Tensor:
@@ -115,6 +146,5 @@ def softsort_apply(anchors: Tensor, values: Tensor, padding_mask: Tensor | None,
 
 SoftPermutationProduct = Callable[[Tensor, Tensor, "Tensor | None", float, Tensor], Tensor]
 
-# name -> (soft permutation) @ payload with softsort_apply's signature; a new relaxation (e.g. LapSum) is one
-# more entry
-RELAXATIONS: dict[str, SoftPermutationProduct] = {"softsort": softsort_apply}
+# name -> (soft permutation) @ payload with softsort_apply's signature
+RELAXATIONS: dict[str, SoftPermutationProduct] = {"softsort": softsort_apply, "lapsum": lapsum_apply}

@@ -9,11 +9,16 @@ references live in input space and the output concatenates a per-reference and a
 
 θ are L unit-norm slice directions (orthogonal init, normalised in forward), R ∈ R^{M×C} learned
 reference points (randn init), a learned reference weights.
+
+Training forwards also measure, without gradients, each slice's lifted cost D_l with exact sorts and the
+independent-pairing cost (`swgg.py`; O(B (N + M) L C)), averaged over the micro-batches of a step and the
+ranks, logged after each optimizer step as `<prefix>/cost_hard_mean`, `<prefix>/cost_spread` (max − min
+over the slices: near 0, the slice directions barely matter) and `<prefix>/cost_independent`. The buffer
+`hard_cost_record` keeps an exponential average of the mean hard cost (weight 0.98 per step, i.e. the last
+~50 steps): the "final cost of the unconstrained SWE" from which cswe's `eps_from` sets ε.
 """
 from __future__ import annotations
 
-import dataclasses
-from dataclasses import dataclass
 from typing import Literal
 
 import torch
@@ -21,36 +26,14 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from attention.base import at_least_float32
+from lab.hooks import StepMeans
 from lab.registry import ConfigError
 
 from .base import Pooling, register_pooling
-from .sliced import quantile_resample, sort_valid_first, valid_counts
+from .sliced import SlicedSets, quantile_coupling, quantile_resample, sort_valid_first, valid_counts
+from .swgg import hard_swgg, independent_pairing_cost, squared_distances
 
-
-@dataclass
-class SlicedSets:
-    """A batch of sets and the references, projected on the slices and sorted."""
-
-    directions: Tensor  # (L, C) unit rows
-    set_projections: Tensor  # (B, N, L)
-    set_sorted: Tensor  # (B, N, L) ascending, valid elements first
-    set_order: Tensor  # (B, N, L) index of the element of rank k in slice l
-    counts: Tensor  # (B,) valid elements per set
-    ref_projections: Tensor  # (M, L)
-    ref_sorted: Tensor  # (M, L) ascending
-    ref_order: Tensor  # (M, L)
-
-    def reprojected(self, x: Tensor) -> SlicedSets:
-        """The same slicing (orders kept) with the set projections recomputed from x, e.g. x detached."""
-        projections = x @ self.directions.T  # (B, N, L)
-        return dataclasses.replace(self, set_projections=projections,
-                                   set_sorted=projections.gather(1, self.set_order))
-
-    def first_sets(self, count: int) -> SlicedSets:
-        """The same slicing restricted to the first `count` sets of the batch."""
-        return dataclasses.replace(self, set_projections=self.set_projections[:count],
-                                   set_sorted=self.set_sorted[:count], set_order=self.set_order[:count],
-                                   counts=self.counts[:count])
+COST_RECORD_DECAY = 0.98  # hard_cost_record: weight of a step's cost falls by this factor per later step
 
 
 @register_pooling("swe")
@@ -66,6 +49,9 @@ class SWEPooling(Pooling):
         self.references = nn.Parameter(torch.randn(num_refs, dim))  # (M, C)
         self.ref_weights = nn.Linear(num_refs, 1, bias=False) if output == "concat" else None
         self.output_dim = num_refs + num_slices if output == "concat" else num_refs * num_slices
+        self.metric_prefix = self.registry_name  # the owner may rename it when a model holds several such layers
+        self.register_buffer("hard_cost_record", torch.zeros(2))  # [Σ_t w_t cost_t, Σ_t w_t], exponential w
+        self.step_means = StepMeans()  # this step's cost sums over its micro-batches
 
     def slice_weights(self) -> Tensor:
         """(L,) weights of the slices in the per-reference summary; uniform without a constraint."""
@@ -111,8 +97,35 @@ class SWEPooling(Pooling):
         per_slice = self.ref_weights(displacement).squeeze(-1)  # (B, L)
         return torch.cat([per_ref, per_slice], dim=-1)  # (B, M + L)
 
+    # -- cost monitoring --------------------------------------------------------------------------
+    def hard_slice_costs(self, x: Tensor, sliced: SlicedSets) -> Tensor:
+        """(B, L) per-set lifted slice costs D_l (not squared) with exact sorts, detached."""
+        coupling = quantile_coupling(sliced.counts, x.shape[1], self.num_refs, x.dtype)
+        with torch.no_grad():
+            costs = squared_distances(x, self.references.to(x.dtype))  # (B, N, M)
+            return hard_swgg(costs, sliced, coupling).clamp_min(0).sqrt()
+
     def observe_training_batch(self, x: Tensor, padding_mask: Tensor | None, sliced: SlicedSets) -> None:
-        """Called in training forwards; the unconstrained layer has nothing to measure."""
+        """Called in training forwards: add this micro-batch's costs to the step's sums."""
+        hard = self.hard_slice_costs(x, sliced)  # (B, L)
+        with torch.no_grad():
+            independent = independent_pairing_cost(x, self.references.to(x.dtype), sliced.counts)  # (B,)
+        self.step_means.add("hard", hard.sum(0), len(hard))
+        self.step_means.add("independent", independent.sum(), len(hard))
+
+    def record_costs(self, means: dict[str, Tensor]) -> dict[str, Tensor]:
+        """Update the cost record from one step's means; returns the cost metrics to log."""
+        hard = means["hard"]  # (L,)
+        self.hard_cost_record.mul_(COST_RECORD_DECAY).add_(torch.stack([hard.mean(), torch.ones_like(hard[0])]))
+        prefix = self.metric_prefix
+        return {f"{prefix}/cost_hard_mean": hard.mean(), f"{prefix}/cost_spread": hard.max() - hard.min(),
+                f"{prefix}/cost_independent": means["independent"]}
+
+    @torch.no_grad()
+    def after_optimizer_step(self) -> dict[str, Tensor]:
+        """lab/hooks.py protocol: log (and record) the step's costs."""
+        means = self.step_means.reduce()
+        return self.record_costs(means) if means else {}
 
     def extra_repr(self) -> str:
         return f"dim={self.dim}, num_slices={self.num_slices}, num_refs={self.num_refs}, output={self.output}"
