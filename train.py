@@ -324,6 +324,8 @@ class Trainer:
             if stopping:
                 self._save("last")
                 return "stopped"
+        if tc.eval_every and self.step % tc.eval_every:  # the final steps since the last validation count too
+            self._validate(tracker)
         self._save("last")
         return "done"
 

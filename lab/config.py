@@ -94,7 +94,7 @@ class TrackingConfig:
     experiment: str | None = None  # MLflow experiment; default = the task name
     log_checkpoint: bool = False  # also upload best.pt as a run artifact
     system_metrics: bool = True  # MLflow's CPU/GPU/memory sampling
-    diagnostics_every: int = 1  # validations between attention-diagnostic figures (0 = only the final test ones)
+    diagnostics_every: Annotated[int, AtLeast(0)] = 1  # validations between attention-diagnostic figures (0 = only the final test ones)
     sweep: str | None = None  # the sweep this run belongs to (set by `make sweep`; logged as the `sweep` tag)
 
 

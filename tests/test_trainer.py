@@ -216,3 +216,14 @@ def test_cswe_eps_from_a_trained_swe_run_is_the_paper_calibration(tmp_path, data
     assert pool.eps.item() == pytest.approx(0.75 * total / weight) and not pool.calibrating()
     code = train.main(args_for(tmp_path, data_root, "pooling=cswe", f"pooling.eps_from={tmp_path}/nowhere", *small))
     assert code == 2
+
+
+def test_periodic_validation_also_validates_the_final_step(tmp_path, data_root):
+    """With trainer.eval_every, the steps after the last multiple are validated too, so best.pt can hold the
+    final model and the learning curve ends where training ended."""
+    assert train.main(args_for(tmp_path, data_root, "trainer.epochs=1", "trainer.eval_every=5")) == 0
+    c, run = only_run(tmp_path)
+    final = last_state(tmp_path)["step"]
+    assert final % 5  # the setting this test is about: training does not end on a multiple of eval_every
+    steps = [m.step for m in c.get_metric_history(run.info.run_id, "val/accuracy")]
+    assert steps == [*range(5, final, 5), final]
