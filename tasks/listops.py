@@ -22,12 +22,15 @@ the generator's `length` tokens.
 """
 from __future__ import annotations
 
+import bisect
 import csv
+import hashlib
+import itertools
 import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Union
+from typing import Iterator, Union
 
 from lab.download import DataError
 
@@ -37,6 +40,7 @@ OPERATOR_PROBABILITY = 0.25
 VOCABULARY = ("<pad>", *OPERATORS, CLOSE, *(str(d) for d in range(10)))  # id 0 = padding
 TOKEN_IDS = {token: index for index, token in enumerate(VOCABULARY)}
 SPLITS = ("train", "val", "test")
+HEADER = ["Source", "Target"]
 
 Tree = Union[int, tuple[str, tuple["Tree", ...]]]  # a digit, or (operator, children)
 
@@ -93,32 +97,45 @@ def release_string(tree: Tree) -> str:
     return f"( {text} {CLOSE} )"
 
 
-def generate(setting: ListOpsSetting, seed: int = 0) -> dict[str, list[tuple[str, int]]]:
-    """`setting.sizes` unique trees as (release string, value), split train / val / test in generation order."""
+def generate(setting: ListOpsSetting, seed: int = 0) -> Iterator[tuple[str, str, int]]:
+    """`setting.sizes` unique trees as (split, release string, value), train then val then test in
+    generation order. Only a digest of each string is kept for deduplication (100k trees of ~6 KB)."""
     rng = random.Random(seed)
-    trees: dict[Tree, None] = {}
-    while len(trees) < sum(setting.sizes):
+    seen: set[bytes] = set()
+    bounds = list(itertools.accumulate(setting.sizes))
+    while len(seen) < bounds[-1]:
         tree, length = generate_tree(rng, setting.max_depth, setting.max_args)
-        if setting.min_length < length < setting.max_length:
-            trees.setdefault(tree)
-    rows = [(release_string(tree), evaluate(tree)) for tree in trees]
-    train, val, _ = setting.sizes
-    return {"train": rows[:train], "val": rows[train:train + val], "test": rows[train + val:]}
+        if not setting.min_length < length < setting.max_length:
+            continue
+        source = release_string(tree)
+        digest = hashlib.blake2b(source.encode(), digest_size=16).digest()
+        if digest not in seen:
+            split = SPLITS[bisect.bisect_right(bounds, len(seen))]
+            seen.add(digest)
+            yield split, source, evaluate(tree)
+
+
+def write_generated(folder: Path, setting: ListOpsSetting, seed: int = 0) -> None:
+    """Generate into `folder/basic_{train,val,test}.tsv`, streamed to `.part` files renamed at the end."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    partials = {split: tsv_path(folder, split).with_suffix(".tsv.part") for split in SPLITS}
+    handles = {split: open(path, "w", newline="") for split, path in partials.items()}
+    try:
+        writers = {split: csv.writer(handle, delimiter="\t") for split, handle in handles.items()}
+        for writer in writers.values():
+            writer.writerow(HEADER)
+        for split, source, value in generate(setting, seed):
+            writers[split].writerow((source, value))
+    finally:
+        for handle in handles.values():
+            handle.close()
+    for split, path in partials.items():
+        os.replace(path, tsv_path(folder, split))
 
 
 def tsv_path(folder: Path, split: str) -> Path:
     return Path(folder) / f"basic_{split}.tsv"
-
-
-def write_tsv(path: Path, rows: list[tuple[str, int]]) -> None:
-    """Atomically write the release's TSV (header `Source\\tTarget`)."""
-    partial = path.with_name(path.name + ".part")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(partial, "w", newline="") as handle:
-        writer = csv.writer(handle, delimiter="\t")
-        writer.writerow(["Source", "Target"])
-        writer.writerows(rows)
-    os.replace(partial, path)
 
 
 def read_tsv(path: Path) -> list[tuple[str, int]]:
@@ -126,7 +143,7 @@ def read_tsv(path: Path) -> list[tuple[str, int]]:
         with open(path, newline="") as handle:
             reader = csv.reader(handle, delimiter="\t")
             header = next(reader, None)
-            if header != ["Source", "Target"]:
+            if header != HEADER:
                 raise DataError(f"{path} is not a ListOps TSV (header {header}, expected Source, Target)")
             return [(source, int(target)) for source, target in reader]
     except (OSError, ValueError) as error:

@@ -24,6 +24,12 @@ from .classification import ClassificationTask
 SUBSET_SEED = 0
 
 
+def token_tensor(ids: list[int] | bytes, vocab_size: int) -> Tensor:
+    """Token ids in the smallest integer type that holds the vocabulary (the collate makes them long)."""
+    dtype = torch.uint8 if vocab_size <= 256 else torch.int16 if vocab_size <= 1 << 15 else torch.int32
+    return torch.tensor(list(ids), dtype=dtype)
+
+
 def majority_rate(labels: Tensor, num_classes: int) -> float:
     return torch.bincount(labels, minlength=num_classes).max().item() / max(1, len(labels))
 
@@ -50,12 +56,12 @@ class TokenClassificationTask(ClassificationTask):
     def datasets(self):
         return self.splits
 
-    def subset_train(self, **tensors) -> dict:
-        """The `train_subset` rows of the training split's named tensors / lists."""
-        size = len(next(iter(tensors.values())))
-        keep = seeded_subset(size, self.train_subset).tolist()
-        return {name: values[keep] if isinstance(values, Tensor) else [values[i] for i in keep]
-                for name, values in tensors.items()}
+    def split_dataset(self, split: str, tokens: list[Tensor], labels: Tensor) -> TensorDictDataset:
+        """The dataset of one split; the training split is cut to `train_subset` examples."""
+        if split == "train":
+            keep = seeded_subset(len(labels), self.train_subset)
+            tokens, labels = [tokens[i] for i in keep.tolist()], labels[keep]
+        return TensorDictDataset(tokens=tokens, labels=labels)
 
     def collate(self, items: list[dict[str, Tensor]]) -> dict[str, Tensor]:
         tokens, padding_mask = pad_batch([item["tokens"] for item in items])  # (B, N), (B, N)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from tasks.listops import (BENCHMARK, VOCABULARY, ListOpsSetting, evaluate, generate, generate_tree, read_tsv,
-                           release_string, tokenize, tsv_path, write_tsv)
+                           release_string, tokenize, tsv_path, write_generated)
 from tasks.lra import LISTOPS_FOLDER, LraListops
 
 
@@ -75,11 +75,10 @@ def test_release_string_is_the_generators_binary_form():
 
 
 def test_benchmark_setting_lengths_uniqueness_and_labels():
-    data = generate(ListOpsSetting(sizes=(40, 5, 5)), seed=3)
-    assert [len(data[s]) for s in ("train", "val", "test")] == [40, 5, 5]
-    rows = [row for split in data.values() for row in split]
-    assert len({source for source, _ in rows}) == 50
-    for source, label in rows:
+    rows = list(generate(ListOpsSetting(sizes=(40, 5, 5)), seed=3))
+    assert [split for split, _, _ in rows] == ["train"] * 40 + ["val"] * 5 + ["test"] * 5
+    assert len({source for _, source, _ in rows}) == 50
+    for _, source, label in rows:
         assert BENCHMARK.min_length < len(tokenize(source)) < BENCHMARK.max_length
         assert stack_value(source) == label
 
@@ -106,13 +105,23 @@ def test_generator_grammar():
     assert 0.2 < operators / nodes < 0.3
 
 
+def write_release_tsv(path, rows):
+    """The release's format, written independently of the generator's writer."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("Source\tTarget\n" + "".join(f"{source}\t{label}\n" for source, label in rows))
+
+
 def test_tsv_round_trip(tmp_path):
-    rows = generate(ListOpsSetting(max_depth=4, max_args=4, min_length=5, max_length=40, sizes=(20, 2, 2)))["train"]
-    path = tsv_path(tmp_path, "train")
-    write_tsv(path, rows)
-    assert path.read_text().splitlines()[0] == "Source\tTarget"
-    assert path.read_text().splitlines()[1] == f"{rows[0][0]}\t{rows[0][1]}"
-    assert read_tsv(path) == rows
+    setting = ListOpsSetting(max_depth=4, max_args=4, min_length=5, max_length=40, sizes=(20, 2, 2))
+    rows = list(generate(setting))
+    write_generated(tmp_path, setting)
+    for split in ("train", "val", "test"):
+        expected = [(source, label) for s, source, label in rows if s == split]
+        assert read_tsv(tsv_path(tmp_path, split)) == expected
+        copy = tmp_path / "copy" / f"{split}.tsv"
+        write_release_tsv(copy, expected)
+        assert copy.read_text() == tsv_path(tmp_path, split).read_text().replace("\r\n", "\n")
+    assert not list(tmp_path.glob("*.part"))
 
 
 def test_prepare_command_generates_tsvs_an_independent_evaluator_agrees_with(tmp_path, monkeypatch):
@@ -136,7 +145,7 @@ def test_release_tsvs_are_found_below_the_root(tmp_path):
     """An unpacked release nests its folders in lra_release/lra_release/: found by name, and read."""
     folder = tmp_path / "lra_release" / "lra_release" / LISTOPS_FOLDER
     for split in ("train", "val", "test"):
-        write_tsv(tsv_path(folder, split), [(release_string(parse_plain(p)), v) for p, v in HAND_WRITTEN])
+        write_release_tsv(tsv_path(folder, split), [(release_string(parse_plain(p)), v) for p, v in HAND_WRITTEN])
     task = LraListops(data_root=tmp_path, download=False, max_length=12)
     task.setup()
     assert LraListops.folder(tmp_path) == folder
