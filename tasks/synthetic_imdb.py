@@ -1,11 +1,11 @@
 """A small, learnable stand-in for IMDB written in the `aclImdb/` layout (for tests and CPU demos).
 
 A review is 40-160 words of neutral movie-talk filler with 3-5 sentiment phrases dropped in at random
-places; about a quarter of the phrases are negated ("not brilliant" is negative). The label is the sign
-of the phrases' net polarity, at least one phrase in the majority, so a model must find the phrases
-amid the filler and read a negation together with the word after it: counting sentiment words alone
-is wrong on the reviews where negations flip the balance. Reviews carry `<br /><br />` breaks like
-the real ones.
+places; 15% of the phrases are negated ("not brilliant" is negative). The label is the sign of the
+phrases' net polarity, at least one phrase in the majority, so a model must find the phrases amid the
+filler, and to be always right read a negation together with the word after it: counting sentiment
+words alone is right on ~86% of the reviews, reading the negations on all. Reviews carry
+`<br /><br />` breaks like the real ones.
 
 Files as in the archive: `aclImdb/{train,test}/{pos,neg}/<id>_<rating>.txt` (ratings 7-10 / 1-4, one
 line each), `aclImdb/train/unsup/<id>_0.txt` (unlabelled, mixed polarity), `aclImdb/imdb.vocab` (one
@@ -35,7 +35,7 @@ big small young early late next final whole entire who which what whose whom saw
 shown plays played tells told follows followed begins starts ends opens takes makes goes comes runs
 looks feels seems becomes turns gets""".split())
 WORDS = (*FILLER, *POSITIVE, *NEGATIVE, *NEGATIONS)
-NEGATION_PROBABILITY = 0.25
+NEGATION_PROBABILITY = 0.15
 
 
 def review(label: int, rng: np.random.Generator, words: tuple[int, int] = (40, 160),
