@@ -1,8 +1,8 @@
 """A small, learnable stand-in for the LRA retrieval task (AAN citation pairs), in the release's TSV layout.
 
 Each synthetic "paper" belongs to one of `topics` research topics: amid generic academic filler it
-mentions its topic's invented technical terms (a few of them, at random places, anywhere in the
-text). A pair is labelled 1 ("cites") when both papers share a topic and 0 otherwise, half and half.
+mentions its topic's invented technical terms five times, at random places anywhere in the text (a
+topic's terms are built from its own syllables, as a field has its own vocabulary). A pair is labelled 1 ("cites") when both papers share a topic and 0 otherwise, half and half.
 Every topic is equally likely in every position of a pair, so a single document says nothing about
 the label: a model has to recognise both papers' topics and compare them, which is what the two-tower
 harness is built for. Files: `tsv_data/new_aan_pairs.{train,eval,test}.tsv`, lines
@@ -23,20 +23,25 @@ also both each between across several two three first second however moreover fi
 table figure section shows compare report analysis accuracy error rate large small set sets number
 features training test evaluation annotated english language text sentence sentences word words
 """.split())
-SYLLABLES = ("qua", "zor", "vex", "lim", "tar", "pho", "gri", "dun", "kel", "sab", "ruv", "mon", "jex", "wol")
+SYLLABLES = ("qua", "zor", "vex", "lim", "tar", "pho", "gri", "dun", "kel", "sab", "ruv", "mon", "jex", "wol",
+             "bic", "yat", "nup", "fes", "hod", "cyl")
 
 
 def topic_terms(topics: int, per_topic: int, rng: np.random.Generator) -> list[list[str]]:
-    """`per_topic` distinct invented three-syllable terms for each topic."""
-    terms: set[str] = set()
-    while len(terms) < topics * per_topic:
-        terms.add("".join(rng.choice(SYLLABLES, size=3)))
-    ordered = sorted(terms)
-    rng.shuffle(ordered)
-    return [ordered[i * per_topic:(i + 1) * per_topic] for i in range(topics)]
+    """`per_topic` distinct invented three-syllable terms for each topic, each topic from its own syllables
+    (papers of one field share a vocabulary)."""
+    syllables = rng.permutation(SYLLABLES)
+    groups = np.array_split(syllables, topics)
+    terms = []
+    for group in groups:
+        chosen: set[str] = set()
+        while len(chosen) < per_topic:
+            chosen.add("".join(rng.choice(group, size=3)))
+        terms.append(sorted(chosen))
+    return terms
 
 
-def paper(terms: list[str], rng: np.random.Generator, words: tuple[int, int] = (80, 250), mentions: int = 3) -> str:
+def paper(terms: list[str], rng: np.random.Generator, words: tuple[int, int] = (80, 250), mentions: int = 5) -> str:
     text = list(rng.choice(FILLER, size=int(rng.integers(*words))))
     for _ in range(mentions):
         text.insert(int(rng.integers(0, len(text) + 1)), str(rng.choice(terms)))
@@ -44,7 +49,7 @@ def paper(terms: list[str], rng: np.random.Generator, words: tuple[int, int] = (
 
 
 def write_synthetic_aan(folder: Path, sizes: tuple[int, int, int] = (4000, 500, 500), topics: int = 4,
-                        seed: int = 0) -> Path:
+                        words: tuple[int, int] = (80, 250), seed: int = 0) -> Path:
     """Write `folder/new_aan_pairs.{train,eval,test}.tsv` (folder: …/tsv_data) with `sizes` pairs."""
     rng = np.random.default_rng(seed)
     folder = Path(folder)
@@ -57,7 +62,7 @@ def write_synthetic_aan(folder: Path, sizes: tuple[int, int, int] = (4000, 500, 
             label = index % 2
             first = int(rng.integers(topics))
             second = first if label else (first + int(rng.integers(1, topics))) % topics
-            texts = [paper(vocabulary[topic], rng) for topic in (first, second)]
+            texts = [paper(vocabulary[topic], rng, words) for topic in (first, second)]
             lines.append(f"{float(label)}\t{paper_id}\t{paper_id + 1}\t{texts[0]}\t{texts[1]}\n")
             paper_id += 2
         order = rng.permutation(len(lines))

@@ -235,3 +235,56 @@ def test_presets_compose(task):
     assert lotformer.attention.name == "lotformer" and lotformer.attention.options["learn_masses"] is False
     cpu = load_config([f"experiment=lra_{task}_cpu", "attention=esp"])
     assert cpu.task.options["train_subset"] > 0 and cpu.model.options["dropout"] == 0.0
+
+
+# -- short learning runs through the trainer -------------------------------------------------------------
+def finished_run(tmp: Path, task: str):
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(f"sqlite:///{tmp}/mlflow.db")
+    (run,) = client.search_runs([client.get_experiment_by_name(task).experiment_id])
+    assert run.info.status == "FINISHED"
+    return run
+
+
+def train_small(tmp: Path, task: str, root: Path, *overrides: str):
+    import train
+
+    code = train.main([f"task={task}", f"data.root={root}", "data.download=false", "model.dim=32",
+                       "model.head_hidden=64", f"output_dir={tmp}/runs", f"tracking.uri=sqlite:///{tmp}/mlflow.db",
+                       "tracking.system_metrics=false", *overrides])
+    assert code == 0
+    return finished_run(tmp, task)
+
+
+def test_listops_learns_above_the_majority_class(tmp_path):
+    from tasks.listops import ListOpsSetting, write_generated
+
+    setting = ListOpsSetting(max_depth=3, max_args=4, min_length=4, max_length=30, sizes=(1500, 200, 300))
+    write_generated(tmp_path / "data" / "lra_release" / "listops-1000", setting)
+    run = train_small(tmp_path, "lra_listops", tmp_path / "data", "attention=softmax", "task.max_length=30",
+                      "trainer.epochs=6", "trainer.lr=3e-3")
+    majority = float(run.data.params["data.test_majority_rate"])
+    assert majority < 0.2 and run.data.metrics["test/accuracy"] > majority + 0.15
+
+
+def test_image_learns_above_chance(tmp_path):
+    write_synthetic_cifar(tmp_path / Cifar10.folder, Cifar10, train_per_class=45, test_per_class=20)
+    run = train_small(tmp_path, "lra_image", tmp_path, "attention=linear", "model.dim=16", "trainer.epochs=3",
+                      "trainer.lr=3e-3")
+    assert run.data.metrics["test/accuracy"] > 0.2  # 10 classes
+
+
+def test_text_bytes_learn_above_chance(tmp_path):
+    write_synthetic_aclimdb(tmp_path, train_per_class=500, test_per_class=100, unsupervised=0, words=(3, 10))
+    run = train_small(tmp_path, "lra_text", tmp_path, "attention=softmax", "task.max_length=200",
+                      "trainer.epochs=6", "trainer.lr=3e-3")
+    assert run.data.params["data.val_size"] == run.data.params["data.test_size"] == "200"
+    assert run.data.metrics["test/accuracy"] > 0.58
+
+
+def test_retrieval_learns_the_relation_between_two_documents(tmp_path):
+    write_synthetic_aan(tmp_path / "lra_release" / "tsv_data", sizes=(1500, 100, 300), words=(10, 25))
+    run = train_small(tmp_path, "lra_retrieval", tmp_path, "attention=softmax", "task.max_length=200",
+                      "trainer.epochs=2", "trainer.batch_size=16", "trainer.lr=2e-3")
+    assert run.data.metrics["test/accuracy"] > 0.75  # one document alone gives 50%
