@@ -122,6 +122,9 @@ class LraText(TokenClassificationTask):
                                                     torch.tensor(labels))
         self.splits["val"] = self.splits["test"]
 
+    def describe(self) -> dict:
+        return {**super().describe(), "data.val_split": "test"}
+
 
 class PairDataset(Dataset):
     """Document pairs over one store of distinct documents: item i is (tokens, tokens_2, label)."""

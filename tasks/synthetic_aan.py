@@ -41,7 +41,7 @@ def topic_terms(topics: int, per_topic: int, rng: np.random.Generator) -> list[l
     return terms
 
 
-def paper(terms: list[str], rng: np.random.Generator, words: tuple[int, int] = (80, 250), mentions: int = 5) -> str:
+def paper(terms: list[str], rng: np.random.Generator, words: tuple[int, int], mentions: int = 5) -> str:
     text = list(rng.choice(FILLER, size=int(rng.integers(*words))))
     for _ in range(mentions):
         text.insert(int(rng.integers(0, len(text) + 1)), str(rng.choice(terms)))
@@ -49,7 +49,7 @@ def paper(terms: list[str], rng: np.random.Generator, words: tuple[int, int] = (
 
 
 def write_synthetic_aan(folder: Path, sizes: tuple[int, int, int] = (4000, 500, 500), topics: int = 4,
-                        words: tuple[int, int] = (80, 250), seed: int = 0) -> Path:
+                        words: tuple[int, int] = (40, 120), seed: int = 0) -> Path:
     """Write `folder/new_aan_pairs.{train,eval,test}.tsv` (folder: …/tsv_data) with `sizes` pairs."""
     rng = np.random.default_rng(seed)
     folder = Path(folder)

@@ -280,6 +280,7 @@ def test_text_bytes_learn_above_chance(tmp_path):
     run = train_small(tmp_path, "lra_text", tmp_path, "attention=softmax", "task.max_length=200",
                       "trainer.epochs=6", "trainer.lr=3e-3")
     assert run.data.params["data.val_size"] == run.data.params["data.test_size"] == "200"
+    assert run.data.params["data.val_split"] == "test"
     assert run.data.metrics["test/accuracy"] > 0.58
 
 
