@@ -15,7 +15,6 @@ from scipy import ndimage
 from attention import AttentionSpec, list_attentions
 from attention.pooling import PoolingSpec
 from backbones import build_backbone
-from lab.config import load_config
 from lab.download import DataError
 from lab.registry import ConfigError
 from tasks.base import ModelSpec
@@ -220,13 +219,15 @@ def test_corrupt_release_is_reported(tmp_path):
         info.size = 4000
         archive.addfile(info, io.BytesIO(b"1.0\ta\tb\tx\ty\n" * 400))
     (tmp_path / "lra_release.gz").write_bytes(payload.getvalue()[:-60])
-    with pytest.raises(DataError, match="truncated or corrupt"):
+    with pytest.raises(DataError, match="is corrupt"):
         LraRetrieval.prepare(tmp_path, download=False)
 
 
 # -- presets -------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("task", ["listops", "text", "retrieval", "image", "pathfinder"])
 def test_presets_compose(task):
+    from train import load_config
+
     harness = load_config([f"experiment=lra_{task}", "attention=luna"])
     assert (harness.model.options["dim"], harness.model.options["depth"], harness.model.options["num_heads"],
             harness.model.options["mlp_ratio"], harness.model.options["head_hidden"]) == (64, 2, 2, 2.0, 128)
