@@ -58,7 +58,7 @@ class LraListops(TokenClassificationTask):
     @classmethod
     def prepare(cls, root: Path, *, synthetic: bool = False, download: bool = True) -> None:
         """The release's TSVs if present (or in a local copy of the archive); otherwise generated once
-        with the benchmark setting (~2 minutes) and written in the release's format."""
+        with the benchmark setting (~3 minutes of CPU) and written in the release's format."""
         root = Path(root)
         if synthetic:
             cls.write(root, LISTOPS_SYNTHETIC)

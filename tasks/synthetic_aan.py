@@ -49,7 +49,7 @@ def paper(terms: list[str], rng: np.random.Generator, words: tuple[int, int], me
 
 
 def write_synthetic_aan(folder: Path, sizes: tuple[int, int, int] = (4000, 500, 500), topics: int = 4,
-                        words: tuple[int, int] = (40, 120), seed: int = 0) -> Path:
+                        words: tuple[int, int] = (15, 40), seed: int = 0) -> Path:
     """Write `folder/new_aan_pairs.{train,eval,test}.tsv` (folder: …/tsv_data) with `sizes` pairs."""
     rng = np.random.default_rng(seed)
     folder = Path(folder)
