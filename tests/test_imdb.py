@@ -80,7 +80,9 @@ def test_split_sentencepiece_cache_and_truncation(imdb_root, capsys):
     stamp = models[0].stat().st_mtime_ns
     again = Imdb(data_root=imdb_root, download=False, vocab_size=300, max_length=24, tail_length=8)
     again.setup()
-    assert "training" not in capsys.readouterr().out and models[0].stat().st_mtime_ns == stamp  # reused
+    out = capsys.readouterr().out
+    assert "training" not in out and "using the cached SentencePiece model" in out
+    assert models[0].stat().st_mtime_ns == stamp  # reused
     assert torch.equal(again.datasets()["test"].tokens[3], task.datasets()["test"].tokens[3])
     Imdb(data_root=imdb_root, download=False, vocab_size=250).setup()  # another option: another model
     assert len(list((imdb_root / "imdb_spm").glob("*.model"))) == 2
