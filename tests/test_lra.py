@@ -139,9 +139,10 @@ def test_image_reuses_the_cifar_data_and_split(tmp_path):
 # -- lra_pathfinder ----------------------------------------------------------------------------------
 def test_pathfinder_images_join_the_dots_only_when_labelled_so():
     """In positives the two dots lie on one curve (joined through its 1-pixel dash gaps); in negatives they
-    rarely are (only where two curves pass within two pixels of each other)."""
+    rarely are (only where two curves pass within two pixels of each other). Both classes carry the same
+    ink and the dots are 12-14 pixels apart in both, so neither gives the label away."""
     rng = np.random.default_rng(0)
-    joined = {0: 0, 1: 0}
+    joined, ink, distance = {0: 0, 1: 0}, {0: [], 1: []}, {0: [], 1: []}
     for index in range(120):
         label = index % 2
         pixels = pathfinder_image(label, rng)
@@ -150,7 +151,15 @@ def test_pathfinder_images_join_the_dots_only_when_labelled_so():
         bridged = ndimage.binary_dilation(pixels > 0, structure=np.ones((2, 2)))
         components, _ = ndimage.label(bridged, structure=np.ones((3, 3)))
         joined[label] += len({components[y, x] for y, x in dots}) == 1
+        ink[label].append(np.count_nonzero(pixels))
+        spots, count = ndimage.label(pixels == 255)
+        centres = ndimage.center_of_mass(pixels == 255, spots, [1, count])
+        distance[label].append(np.hypot(*np.subtract(*centres)))
     assert joined[1] == 60 and joined[0] < 20
+    assert abs(np.mean(ink[1]) - np.mean(ink[0])) < 0.1 * np.mean(ink[0])
+    for label in (0, 1):  # dot centres: a dot clipped at the border moves by half a pixel
+        assert 11.5 <= min(distance[label]) and max(distance[label]) <= 14.5
+    assert abs(np.mean(distance[1]) - np.mean(distance[0])) < 1.0
 
 
 def test_pathfinder_layout_reader_cache_and_split(tmp_path):
