@@ -19,7 +19,7 @@ from .sequence_encoder import SequenceEncoder
 class DualEncoder(SequenceEncoder):
     pooled_per_example = 4
 
-    def forward(self, tokens: Tensor, padding_mask: Tensor | None = None, *, tokens_2: Tensor,
+    def forward(self, tokens: Tensor, padding_mask: Tensor | None, tokens_2: Tensor,
                 padding_mask_2: Tensor | None = None) -> Tensor:
         """tokens, tokens_2: (B, N1), (B, N2) long; padding masks (B, N1), (B, N2), True = padding
         -> logits (B, num_classes)."""
