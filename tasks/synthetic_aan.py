@@ -2,7 +2,8 @@
 
 Each synthetic "paper" belongs to one of `topics` research topics: amid generic academic filler it
 mentions its topic's invented technical terms five times, at random places anywhere in the text (a
-topic's terms are built from its own syllables, as a field has its own vocabulary). A pair is labelled 1 ("cites") when both papers share a topic and 0 otherwise, half and half.
+topic's terms are built from its own syllables, as a field has its own vocabulary). A pair is labelled
+1 ("cites") when both papers share a topic and 0 otherwise, half and half.
 Every topic is equally likely in every position of a pair, so a single document says nothing about
 the label: a model has to recognise both papers' topics and compare them, which is what the two-tower
 harness is built for. Files: `tsv_data/new_aan_pairs.{train,eval,test}.tsv`, lines
