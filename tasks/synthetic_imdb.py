@@ -1,6 +1,6 @@
 """A small, learnable stand-in for IMDB written in the `aclImdb/` layout (for tests and CPU demos).
 
-A review is 40-160 words of neutral movie-talk filler with 3-5 sentiment phrases dropped in at random
+A review is 15-60 words of neutral movie-talk filler with 3-5 sentiment phrases dropped in at random
 places; 15% of the phrases are negated ("not brilliant" is negative). The label is the sign of the
 phrases' net polarity, at least one phrase in the majority, so a model must find the phrases amid the
 filler, and to be always right read a negation together with the word after it: counting sentiment
@@ -38,7 +38,7 @@ WORDS = (*FILLER, *POSITIVE, *NEGATIVE, *NEGATIONS)
 NEGATION_PROBABILITY = 0.15
 
 
-def review(label: int, rng: np.random.Generator, words: tuple[int, int] = (40, 160),
+def review(label: int, rng: np.random.Generator, words: tuple[int, int] = (15, 60),
            negation: float = NEGATION_PROBABILITY) -> str:
     """One review whose sentiment phrases net to `label` (1 positive, 0 negative)."""
     count = int(rng.integers(3, 6))
