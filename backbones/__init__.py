@@ -32,6 +32,7 @@ from . import set_transformer  # noqa: E402,F401
 from . import sequence_encoder  # noqa: E402,F401
 from . import set_pooler  # noqa: E402,F401
 from . import seq2seq  # noqa: E402,F401
+from . import dual_encoder  # noqa: E402,F401
 
 from .torchvision_vit import convert_torchvision_vit  # noqa: E402
 

@@ -1,14 +1,18 @@
-"""Token-sequence classifier: embeddings + learned positions, pre-LN blocks, masked pooling, linear head.
+"""Token-sequence classifier: embeddings + learned positions, pre-LN blocks, masked pooling, a head.
 
-Generic over vocabularies (amino acids here; subword or byte tokens for text tasks). The attention is
-chosen by name (`attention=`), the pooling from the registry (default: masked mean; a pooling that
-reads a CLS token gets one prepended). `head_dim` (default dim / num_heads) sets each head's width.
-Padding never influences the valid positions' outputs, so a
-batch padded to its longest sequence gives every sequence the logits it would get alone.
+Generic over vocabularies (amino acids, SentencePiece pieces, bytes, ListOps symbols, pixel
+intensities). The attention is chosen by name (`attention=`), the pooling from the registry (default:
+masked mean; a pooling that reads a CLS token gets one prepended). `head_dim` (default dim / num_heads)
+sets each head's width. The head is linear, or with `head_hidden > 0` the Long Range Arena harness's
+two-layer MLP (Linear, ReLU, Linear). Padding never influences the valid positions' outputs, so a batch
+padded to its longest sequence gives every sequence the logits it would get alone. `dual_encoder`
+(backbones/dual_encoder.py) runs one such encoder over two sequences.
 """
 from __future__ import annotations
 
 import torch
+from typing import ClassVar
+
 from torch import Tensor, nn
 
 from attention import AttentionSpec
@@ -30,11 +34,20 @@ def prepend_cls(x: Tensor, padding_mask: Tensor | None, cls_token: Tensor) -> tu
     return x, padding_mask
 
 
+def classifier_head(in_dim: int, num_classes: int, hidden: int = 0) -> nn.Module:
+    """Linear, or Linear -> ReLU -> Linear with `hidden` units."""
+    if hidden <= 0:
+        return nn.Linear(in_dim, num_classes)
+    return nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Linear(hidden, num_classes))
+
+
 @register_backbone("sequence_encoder")
 class SequenceEncoder(nn.Module):
+    pooled_per_example: ClassVar[int] = 1  # pooled vectors the head reads per example (a dual encoder: 4)
+
     def __init__(self, *, num_classes: int, vocab_size: int, max_length: int, attention: AttentionSpec,
                  pooling: PoolingSpec, dim: int = 128, depth: int = 2, num_heads: int = 4, head_dim: int | None = None,
-                 mlp_ratio: float = 2.0, dropout: float = 0.0):
+                 mlp_ratio: float = 2.0, dropout: float = 0.0, head_hidden: int = 0):
         super().__init__()
         self.max_length = max_length
         self.token_embed = nn.Embedding(vocab_size, dim)
@@ -46,10 +59,14 @@ class SequenceEncoder(nn.Module):
         self.dropout = nn.Dropout(dropout)
         self.encoder = Encoder(dim, depth, num_heads, attention, mlp_ratio=mlp_ratio, dropout=dropout,
                                head_dim=head_dim)
-        self.head = nn.Linear(self.pool.output_dim, num_classes)
+        self.head = classifier_head(self.pooled_per_example * self.pool.output_dim, num_classes, head_hidden)
 
     def forward(self, tokens: Tensor, padding_mask: Tensor | None = None) -> Tensor:
         """tokens: (B, N) long; padding_mask: (B, N) bool, True = padding -> logits (B, num_classes)."""
+        return self.head(self.encode(tokens, padding_mask))
+
+    def encode(self, tokens: Tensor, padding_mask: Tensor | None = None) -> Tensor:
+        """tokens: (B, N) long; padding_mask: (B, N) True = padding -> pooled (B, pool.output_dim)."""
         n = tokens.shape[1]
         if n > self.max_length:
             raise ValueError(f"sequences of {n} tokens exceed this model's max_length {self.max_length}")
@@ -57,4 +74,4 @@ class SequenceEncoder(nn.Module):
         if self.cls_token is not None:
             x, padding_mask = prepend_cls(x, padding_mask, self.cls_token)
         x = self.encoder(self.dropout(x), padding_mask)
-        return self.head(self.pool(x, padding_mask))
+        return self.pool(x, padding_mask)

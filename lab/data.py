@@ -33,6 +33,13 @@ class TensorDictDataset(Dataset):
         return {name: tensor[index] for name, tensor in self.tensors.items()}
 
 
+def pad_batch(values: list[torch.Tensor], padding_value: float = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Variable-length (n_i, ...) tensors -> (B, N, ...) padded to the longest and a (B, N) mask, True = padding."""
+    lengths = torch.tensor([len(v) for v in values])
+    padded = torch.nn.utils.rnn.pad_sequence(values, batch_first=True, padding_value=padding_value)
+    return padded, torch.arange(padded.shape[1])[None, :] >= lengths[:, None]
+
+
 class EpochBatchSampler(Sampler[list[int]]):
     """Index batches for one epoch: a permutation seeded by (seed, epoch), sharded across ranks,
     starting at batch `start` (to resume mid-epoch)."""

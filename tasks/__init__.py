@@ -24,3 +24,5 @@ from . import modelnet  # noqa: E402,F401
 from . import protein  # noqa: E402,F401
 from . import imagenet  # noqa: E402,F401
 from . import iwslt14  # noqa: E402,F401
+from . import imdb  # noqa: E402,F401
+from . import lra  # noqa: E402,F401

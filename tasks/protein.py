@@ -30,13 +30,12 @@ from typing import Literal
 
 import torch
 from torch import Tensor
-from torch.nn.utils.rnn import pad_sequence
 from torch.utils.data import Dataset
 
 from attention import AttentionSpec
 from attention.pooling import PoolingSpec
 from backbones import BACKBONES
-from lab.data import TensorDictDataset
+from lab.data import TensorDictDataset, pad_batch
 from lab.registry import ConfigError
 from lab.runtime import select_device
 
@@ -67,12 +66,9 @@ class FeatureFileDataset(Dataset):
 def pad_collate(items: list[dict[str, Tensor]]) -> dict[str, Tensor]:
     """Pad `tokens` (with 0) or `features` (with 0.0) to the batch's longest; padding_mask True = padding."""
     key = "tokens" if "tokens" in items[0] else "features"
-    values = [item[key] for item in items]
-    lengths = torch.tensor([len(v) for v in values])
-    padded = pad_sequence(values, batch_first=True, padding_value=0)  # (B, N) or (B, N, C)
+    padded, padding_mask = pad_batch([item[key] for item in items])  # (B, N) or (B, N, C); (B, N)
     if key == "features":
         padded = padded.float()
-    padding_mask = torch.arange(padded.shape[1])[None, :] >= lengths[:, None]  # (B, N)
     return {key: padded, "padding_mask": padding_mask, "labels": torch.stack([item["labels"] for item in items])}
 
 

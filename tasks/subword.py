@@ -55,4 +55,6 @@ def sentencepiece_model(texts: list[str], cache_dir: Path, *, vocab_size: int,
         partial = path.with_name(path.name + ".part")
         partial.write_bytes(buffer.getvalue())
         os.replace(partial, path)
+    else:
+        print(f"using the cached SentencePiece model {path}", flush=True)
     return spm.SentencePieceProcessor(model_file=str(path))

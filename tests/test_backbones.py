@@ -24,6 +24,11 @@ def _tokens(g: torch.Generator) -> dict[str, torch.Tensor]:
             "padding_mask": torch.arange(12)[None, :] >= lengths[:, None]}  # (B, N) True = padding
 
 
+def _token_pairs(g: torch.Generator) -> dict[str, torch.Tensor]:
+    second = _tokens(g)
+    return {**_tokens(g), "tokens_2": second["tokens"][:, :7].flip(0), "padding_mask_2": second["padding_mask"][:, :7]}
+
+
 def _features(g: torch.Generator) -> dict[str, torch.Tensor]:
     lengths = torch.tensor([10, 7, 4])
     return {"features": torch.randn(B, 10, 6, generator=g),
@@ -41,6 +46,8 @@ TINY = {
                         lambda g: {"points": torch.rand(B, 20, 3, generator=g) * 2 - 1}),
     "sequence_encoder": (dict(vocab_size=11, max_length=12), dict(dim=16, depth=1, num_heads=2), _tokens),
     "set_pooler": (dict(input_dim=6), dict(dim=16, depth=1, num_heads=2), _features),
+    "dual_encoder": (dict(vocab_size=11, max_length=12), dict(dim=16, depth=1, num_heads=2, head_hidden=8),
+                     _token_pairs),
 }
 
 

@@ -21,6 +21,8 @@ SETTINGS = {  # backbone -> (data shapes and small options, example inputs, outp
                         lambda: (torch.rand(2, 10, 3),), (2, 3)),
     "sequence_encoder": (dict(num_classes=3, pooling=PoolingSpec(), vocab_size=7, max_length=9, depth=1),
                          lambda: (torch.randint(0, 7, (2, 9)), MASK), (2, 3)),
+    "dual_encoder": (dict(num_classes=3, pooling=PoolingSpec(), vocab_size=7, max_length=9, depth=1),
+                     lambda: (torch.randint(0, 7, (2, 9)), MASK, torch.randint(0, 7, (2, 9)), MASK.flip(0)), (2, 3)),
     "set_pooler": (dict(num_classes=3, pooling=PoolingSpec(), input_dim=5, depth=1), lambda: (torch.randn(2, 9, 5), MASK), (2, 3)),
     "seq2seq": (dict(vocab_size=7, encoder_depth=1, decoder_depth=1),
                 lambda: (torch.randint(0, 7, (2, 9)), torch.randint(0, 7, (2, 4)), MASK), (2, 4, 7)),

@@ -1,0 +1,76 @@
+"""What every token-sequence classification task shares (IMDB and the Long Range Arena tasks).
+
+Examples are 1-D tensors of token ids (uint8 or int16 on disk and in memory, to keep 100k sequences of
+4,000 bytes small), padded per batch to the longest member with `padding_mask` True at padding; the
+model is the `sequence_encoder` backbone (or `dual_encoder` for pairs) with the task's vocabulary and
+maximum length. `train_subset=K` trains on a seeded random K of the training split (0 = all), for
+CPU presets; validation and test stay whole. The test split's majority-class rate (the accuracy of
+always answering its most frequent class) is logged as `data.test_majority_rate`, the chance level a
+result must beat.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+from torch import Tensor
+
+from lab.data import TensorDictDataset, pad_batch
+from lab.registry import ConfigError
+
+from .classification import ClassificationTask
+
+SUBSET_SEED = 0
+
+
+def token_tensor(ids: list[int] | bytes, vocab_size: int) -> Tensor:
+    """Token ids in the smallest integer type that holds the vocabulary (the collate makes them long)."""
+    dtype = torch.uint8 if vocab_size <= 256 else torch.int16 if vocab_size <= 1 << 15 else torch.int32
+    return torch.tensor(list(ids), dtype=dtype)
+
+
+def majority_rate(labels: Tensor, num_classes: int) -> float:
+    return torch.bincount(labels, minlength=num_classes).max().item() / max(1, len(labels))
+
+
+def seeded_subset(size: int, count: int, seed: int = SUBSET_SEED) -> Tensor:
+    """`count` of range(size) drawn without replacement, in increasing order (all when count is 0 or >= size)."""
+    if count <= 0 or count >= size:
+        return torch.arange(size)
+    return torch.randperm(size, generator=torch.Generator().manual_seed(seed))[:count].sort().values
+
+
+class TokenClassificationTask(ClassificationTask):
+    vocab_size: ClassVar[int]
+
+    def __init__(self, *, data_root: Path, download: bool, max_length: int, train_subset: int = 0):
+        super().__init__(data_root=data_root, download=download)
+        if max_length < 1:
+            raise ConfigError(f"task.max_length must be >= 1, got {max_length}")
+        if train_subset < 0:
+            raise ConfigError(f"task.train_subset must be >= 0 (0 = the whole training split), got {train_subset}")
+        self.max_length, self.train_subset = max_length, train_subset
+        self.splits: dict[str, TensorDictDataset] = {}
+
+    def datasets(self):
+        return self.splits
+
+    def split_dataset(self, split: str, tokens: list[Tensor], labels: Tensor) -> TensorDictDataset:
+        """The dataset of one split; the training split is cut to `train_subset` examples."""
+        if split == "train":
+            keep = seeded_subset(len(labels), self.train_subset)
+            tokens, labels = [tokens[i] for i in keep.tolist()], labels[keep]
+        return TensorDictDataset(tokens=tokens, labels=labels)
+
+    def collate(self, items: list[dict[str, Tensor]]) -> dict[str, Tensor]:
+        tokens, padding_mask = pad_batch([item["tokens"] for item in items])  # (B, N), (B, N)
+        return {"tokens": tokens.long(), "padding_mask": padding_mask,
+                "labels": torch.stack([item["labels"] for item in items])}
+
+    def backbone_inputs(self) -> dict:
+        return {"vocab_size": self.vocab_size, "max_length": self.max_length}
+
+    def describe(self) -> dict:
+        return {**super().describe(), "data.num_classes": self.num_classes,
+                "data.test_majority_rate": majority_rate(self.splits["test"].labels, self.num_classes)}
