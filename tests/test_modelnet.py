@@ -182,10 +182,11 @@ def run_trainer(tracking: Path, root: Path, *extra: str):
 
 def test_a_short_training_run_learns_the_synthetic_shapes(root, tracking, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    run = run_trainer(tracking, root, "trainer.epochs=6", "model.dim=32", "model.depth=1", "model.num_heads=2",
+    run = run_trainer(tracking, root, "trainer.epochs=25", "model.dim=32", "model.depth=1", "model.num_heads=2",
                       "model.neighbours=8", "model.num_tokens=32", "model.head_hidden=32", "model.head_dropout=0.0")
     metrics = run.data.metrics
-    assert metrics["test/accuracy"] >= 0.5 and metrics["test/mean_class_accuracy"] >= 0.5  # chance: 1/8
+    # chance: 1/8; pose, clutter and holes make the stand-in take a few hundred steps (275 here)
+    assert metrics["test/accuracy"] >= 0.35 and metrics["test/mean_class_accuracy"] >= 0.35
     assert run.data.params["data.classes"] == ",".join(SHAPE_CLASSES) and run.data.tags["model"] == "point_transformer"
 
 
