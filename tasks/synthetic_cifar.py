@@ -107,20 +107,13 @@ def _dump(path: Path, entry: dict) -> None:
         pickle.dump(entry, handle, protocol=2)
 
 
-def write_synthetic_cifar(folder: Path, task_cls, train_per_class: int | None = None,
-                          test_per_class: int | None = None, seed: int = 0) -> None:
-    """Write a synthetic dataset into `folder` in the layout `task_cls` (Cifar10 or Cifar100) reads."""
+def write_cifar_files(folder: Path, task_cls, train: tuple[np.ndarray, list[int]], test: tuple[np.ndarray, list[int]],
+                      names: list[str]) -> None:
+    """Write (data (N, 3072) uint8 channel-major, labels) splits as the upstream pickles `task_cls` reads."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    rng = np.random.default_rng(seed)
-    cifar100 = task_cls.label_key == "fine_labels"
-    num_classes = 100 if cifar100 else 10
-    train_per_class = train_per_class or (20 if cifar100 else 200)
-    test_per_class = test_per_class or (5 if cifar100 else 50)
-    names = [GLYPH_NAMES[i % 10] + (f"_hue{i // 10}" if cifar100 else "") for i in range(num_classes)]
-    train_data, train_labels = _split(num_classes, train_per_class, rng)
-    test_data, test_labels = _split(num_classes, test_per_class, rng)
-    if cifar100:
+    (train_data, train_labels), (test_data, test_labels) = train, test
+    if task_cls.label_key == "fine_labels":  # CIFAR-100
         coarse = lambda labels: [label // 5 for label in labels]  # noqa: E731  (20 superclasses)
         _dump(folder / "train", {"filenames": [f"img_{i}.png" for i in range(len(train_labels))],
                                  "batch_label": "training batch 1 of 1", "fine_labels": train_labels,
@@ -139,3 +132,16 @@ def write_synthetic_cifar(folder: Path, task_cls, train_per_class: int | None = 
     _dump(folder / "test_batch", {"batch_label": "testing batch 1 of 1", "labels": test_labels,
                                   "data": test_data, "filenames": [f"img_{i}.png" for i in range(len(test_labels))]})
     _dump(folder / "batches.meta", {"num_cases_per_batch": len(chunks[0]), "label_names": names, "num_vis": 3072})
+
+
+def write_synthetic_cifar(folder: Path, task_cls, train_per_class: int | None = None,
+                          test_per_class: int | None = None, seed: int = 0) -> None:
+    """Write a synthetic dataset into `folder` in the layout `task_cls` (Cifar10 or Cifar100) reads."""
+    rng = np.random.default_rng(seed)
+    cifar100 = task_cls.label_key == "fine_labels"
+    num_classes = 100 if cifar100 else 10
+    train_per_class = train_per_class or (20 if cifar100 else 200)
+    test_per_class = test_per_class or (5 if cifar100 else 50)
+    names = [GLYPH_NAMES[i % 10] + (f"_hue{i // 10}" if cifar100 else "") for i in range(num_classes)]
+    write_cifar_files(folder, task_cls, _split(num_classes, train_per_class, rng),
+                      _split(num_classes, test_per_class, rng), names)

@@ -52,6 +52,26 @@ def test_cifar100_layout(tmp_path):
     assert task.num_classes == 100 and len(task.datasets()["test"]) == 100
 
 
+def test_digits_stand_in_holds_the_real_digits_in_the_cifar10_layout(tmp_path):
+    from sklearn.datasets import load_digits
+
+    from tasks.prepare import main as prepare
+
+    assert prepare(["cifar10", "--synthetic", "--option", "stand_in=digits", "--root", str(tmp_path)]) == 0
+    task = Cifar10(data_root=tmp_path, download=False, val_fraction=0.1)
+    task.setup()
+    splits = task.datasets()
+    assert sum(len(split) for split in splits.values()) == 1797 and task.class_names == [str(d) for d in range(10)]
+    test = splits["test"].tensors
+    assert len(test["labels"]) == 359 and test["labels"].bincount().min() >= 35  # 20% of each class, rounded
+    digits = load_digits()
+    image = test["images"][0].float().mean(0)  # (32, 32), the channels are equal
+    small = torch.nn.functional.avg_pool2d(image[None, None], 4)[0, 0] / 255 * 16  # back to 8x8 grey levels
+    distances = (torch.from_numpy(digits.images).float() - small).abs().mean((1, 2))
+    assert distances.min() < 0.6 and digits.target[int(distances.argmin())] == int(test["labels"][0])
+    assert prepare(["cifar100", "--synthetic", "--option", "stand_in=digits", "--root", str(tmp_path)]) == 2
+
+
 def test_real_archive_is_checksummed_and_extracted(tmp_path, monkeypatch):
     source = tmp_path / "src"
     write_synthetic_cifar(source / Cifar10.folder, Cifar10, train_per_class=2, test_per_class=1)
