@@ -64,12 +64,13 @@ def test_digits_stand_in_holds_the_real_digits_in_the_cifar10_layout(tmp_path):
     assert sum(len(split) for split in splits.values()) == 1797 and task.class_names == [str(d) for d in range(10)]
     test = splits["test"].tensors
     assert len(test["labels"]) == 359 and test["labels"].bincount().min() >= 35  # 20% of each class, rounded
-    digits = load_digits()
-    image = test["images"][0].float().mean(0)  # (32, 32), the channels are equal
-    small = torch.nn.functional.avg_pool2d(image[None, None], 4)[0, 0] / 255 * 16  # back to 8x8 grey levels
-    distances = (torch.from_numpy(digits.images).float() - small).abs().mean((1, 2))
-    best, second = distances.topk(2, largest=False).values  # bilinear up and average-pool down: close, not equal
-    assert best < 0.5 * second and digits.target[int(distances.argmin())] == int(test["labels"][0])
+    digits = load_digits()  # every stored image is one of them, scaled to 32x32, with its own label
+    grey = torch.from_numpy(digits.images).float()[:, None] / 16  # (1797, 1, 8, 8)
+    large = torch.nn.functional.interpolate(grey, size=(32, 32), mode="bilinear")[:, 0] * 255  # (1797, 32, 32)
+    for image, label in zip(test["images"][:5], test["labels"][:5]):
+        assert torch.equal(image[0], image[1]) and torch.equal(image[0], image[2])
+        distance = (large - image[0].float()).abs().amax((1, 2))
+        assert distance.min() <= 0.5 and digits.target[int(distance.argmin())] == int(label)
     assert prepare(["cifar100", "--synthetic", "--option", "stand_in=digits", "--root", str(tmp_path)]) == 2
 
 
