@@ -90,6 +90,18 @@ def test_special_tokens_attend_with_softmax_over_all_tokens_and_patches_with_the
     assert torch.allclose(maps[:, :, 1:, 1:].sum(-2), torch.ones(()), atol=1e-2)  # doubly stochastic on the patches
 
 
+
+def test_extras_work_in_heads_wider_than_dim_over_heads():
+    """model.head_dim (issue 17): the local branch, the key positions and the class token's core use the inner
+    head width; the model runs and every extra has that width."""
+    model = vit(attention="lotformer", head_dim=12, local_conv=3, key_pos=True, special_tokens_attention="softmax")
+    attn = model.encoder.blocks[0].attn
+    assert attn.head_dim == 12 and attn.to_q.out_features == HEADS * 12
+    assert attn.local_conv.weight.shape == (12, 1, 3, 3) and attn.key_pos.shape == (1, HEADS, 1 + GRID * GRID, 12)
+    images = torch.randn(2, 3, 4 * GRID, 4 * GRID, generator=torch.Generator().manual_seed(3))
+    assert model(images).shape == (2, 5)
+    assert torch.allclose(attn.attention_maps(tokens()).sum(-1), torch.ones(()), atol=1e-5)
+
 @pytest.mark.parametrize("options, message", [
     (dict(local_conv=4), "model.local_conv must be odd"),
     (dict(special_tokens_attention="softmax", pooling="mean"), "pooling 'mean' has no class token: use pooling=cls"),
