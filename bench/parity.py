@@ -1,6 +1,6 @@
 """`make parity`: how each attention mechanism learns against softmax, at one fixed budget per task (issue 16).
 
-    make parity                                        # the default budget below: ~1 hour on one core
+    make parity                                        # the default budget below: 3 seeds, ~2.5 h on one thread
     make parity PARITY_ARGS="--tasks cifar10 --seeds 0"
     python -m bench.parity [--tasks cifar10,modelnet40,protein] [--attentions softmax,lotformer,...]
                            [--seeds 0,1,2] [--data-root ./data/parity] [--out reports/parity]
