@@ -26,6 +26,7 @@ HOST   ?= 127.0.0.1
 STORE  ?= sqlite:///mlflow.db
 ARTIFACTS ?= ./mlartifacts
 BENCH_ARGS ?=
+PARITY_ARGS ?=
 
 export MLFLOW_DISABLE_TELEMETRY := true
 
@@ -33,7 +34,7 @@ OVERRIDES = $(if $(TASK),task=$(TASK)) $(if $(ATTN),attention=$(ATTN)) $(if $(PO
             $(if $(EPOCHS),trainer.epochs=$(EPOCHS)) $(if $(SEED),seed=$(SEED)) $(ARGS)
 
 .DEFAULT_GOAL := help
-.PHONY: help setup train data sweep eval ui server test bench clean
+.PHONY: help setup train data sweep eval ui server test bench parity clean
 
 # NPROC=N: data parallel over N processes on this machine (torchrun; gloo on CPU, NCCL on GPU)
 LAUNCH = $(if $(NPROC),$(VENV)/bin/torchrun --standalone --nproc_per_node=$(NPROC),$(PY))
@@ -42,7 +43,7 @@ help:  ## list the targets
 	@grep -hE '^[a-z]+:.*## ' $(MAKEFILE_LIST) | awk 'BEGIN{FS=":.*## "}{printf "  make %-8s %s\n", $$1, $$2}'
 	@echo "  variables: TASK ATTN POOL EPOCHS SEED ARGS NPROC (train); ATTNS POOLS SEEDS EXPERIMENT SWEEP (sweep);"
 	@echo "             TASK SWEEP EXPERIMENT (eval); SYNTHETIC ROOT (data); STORE ARTIFACTS HOST PORT (server);"
-	@echo "             BENCH_ARGS (bench)"
+	@echo "             BENCH_ARGS (bench); PARITY_ARGS (parity)"
 
 setup: $(STAMP)  ## create .venv and install the project (again whenever pyproject.toml changes)
 
@@ -77,6 +78,9 @@ test: $(STAMP)  ## run the test suite (what CI runs)
 
 bench: $(STAMP)  ## attention time/memory scaling table + plot: make bench [BENCH_ARGS="--attentions softmax,luna --lengths 1024,4096"]
 	$(PY) -m bench.attention $(BENCH_ARGS)
+
+parity: $(STAMP)  ## every mechanism (+ paper presets) vs softmax at one budget per task, 3 seeds -> reports/parity/ (~50 min a seed)
+	$(PY) -m bench.parity $(PARITY_ARGS)
 
 clean:  ## remove caches and the virtualenv (keeps data/, runs/ and mlflow.db)
 	rm -rf $(VENV) .pytest_cache

@@ -1,5 +1,11 @@
-"""Pre-LN Transformer blocks shared by every backbone; the attention is chosen by name per role."""
+"""Pre-LN Transformer blocks shared by every backbone; the attention is chosen by name per role.
+
+`attention_module` builds a block's self-attention (default `MultiHeadAttention`): a backbone that wraps the
+mechanism with pieces of its own (the ViT's `PatchGridAttention`) passes a subclass, bound to its extra options.
+"""
 from __future__ import annotations
+
+from typing import Callable
 
 from torch import Tensor, nn
 
@@ -19,11 +25,11 @@ class TransformerBlock(nn.Module):
     def __init__(self, dim: int, num_heads: int, attention: AttentionLike = "softmax", *,
                  mlp_ratio: float = 4.0, dropout: float = 0.0, causal: bool = False,
                  cross_attention: AttentionLike | None = None, context_dim: int | None = None,
-                 qkv_bias: bool = False, norm_eps: float = 1e-5, head_dim: int | None = None):
+                 qkv_bias: bool = False, norm_eps: float = 1e-5, head_dim: int | None = None,
+                 attention_module: Callable[..., MultiHeadAttention] = MultiHeadAttention):
         super().__init__()
         self.norm_attn = nn.LayerNorm(dim, eps=norm_eps)
-        self.attn = MultiHeadAttention(dim, num_heads, attention, causal=causal, qkv_bias=qkv_bias,
-                                       head_dim=head_dim)
+        self.attn = attention_module(dim, num_heads, attention, causal=causal, qkv_bias=qkv_bias, head_dim=head_dim)
         self.cross = None
         if cross_attention is not None:
             self.norm_cross = nn.LayerNorm(dim, eps=norm_eps)
@@ -62,11 +68,13 @@ class Encoder(nn.Module):
 
     def __init__(self, dim: int, depth: int, num_heads: int, attention: AttentionLike = "softmax", *,
                  mlp_ratio: float = 4.0, dropout: float = 0.0, causal: bool = False, qkv_bias: bool = False,
-                 norm_eps: float = 1e-5, head_dim: int | None = None):
+                 norm_eps: float = 1e-5, head_dim: int | None = None,
+                 attention_module: Callable[..., MultiHeadAttention] = MultiHeadAttention):
         super().__init__()
         self.blocks = nn.ModuleList(
             TransformerBlock(dim, num_heads, attention, mlp_ratio=mlp_ratio, dropout=dropout, causal=causal,
-                             qkv_bias=qkv_bias, norm_eps=norm_eps, head_dim=head_dim)
+                             qkv_bias=qkv_bias, norm_eps=norm_eps, head_dim=head_dim,
+                             attention_module=attention_module)
             for _ in range(depth)
         )
         self.norm = nn.LayerNorm(dim, eps=norm_eps)

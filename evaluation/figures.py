@@ -17,10 +17,13 @@ def _pyplot():
 
 
 def bar_chart(title: str, metric: str, labels: list[str], means: list[float], stds: list[float | None],
-              counts: list[int], papers: list[float | None]):
-    """One bar per row: mean ± std over seeds (n under the label); a diamond for the paper's number."""
-    plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.9 * len(labels) + 1.5), 3.4))
+              counts: list[int], papers: list[float | None], ax=None):
+    """One bar per row: mean ± std over seeds (n under the label); a diamond for the paper's number. `ax`: draw
+    into this panel of a larger figure instead of a figure of its own."""
+    if ax is None:
+        plt = _pyplot()
+        fig, ax = plt.subplots(figsize=(max(4.0, 0.9 * len(labels) + 1.5), 3.4))
+    fig = ax.figure
     x = np.arange(len(labels))
     errors = [0.0 if s is None else s for s in stds]
     ax.bar(x, means, yerr=errors, capsize=4, color="tab:blue", alpha=0.85, label="ours (mean ± std over seeds)")

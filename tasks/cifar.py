@@ -15,7 +15,7 @@ from __future__ import annotations
 import codecs
 import pickle
 from pathlib import Path
-from typing import ClassVar
+from typing import ClassVar, Literal
 
 import numpy as np
 import torch
@@ -95,12 +95,18 @@ class Cifar10(ClassificationTask):
 
     # -- data on disk ---------------------------------------------------------------------------
     @classmethod
-    def prepare(cls, root: Path, *, synthetic: bool = False, download: bool = True) -> None:
+    def prepare(cls, root: Path, *, synthetic: bool = False, download: bool = True,
+                stand_in: Literal["glyphs", "digits"] = "glyphs") -> None:
+        """The real archive, or with `synthetic` a stand-in in its layout: generated glyphs
+        (tasks/synthetic_cifar.py) or scikit-learn's real handwritten digits (tasks/digits_cifar.py)."""
         root = Path(root)
+        if stand_in == "digits" and (not synthetic or cls.label_key != "labels"):
+            raise ConfigError("stand_in=digits writes a 10-class stand-in: use it with --synthetic and cifar10")
         if synthetic:
+            from .digits_cifar import write_digits_cifar
             from .synthetic_cifar import write_synthetic_cifar
 
-            write_synthetic_cifar(root / cls.folder, cls)
+            (write_digits_cifar if stand_in == "digits" else write_synthetic_cifar)(root / cls.folder, cls)
             return
         if cls.is_extracted(root):
             return

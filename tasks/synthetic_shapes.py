@@ -1,12 +1,17 @@
-"""A learnable stand-in for ModelNet: parametric meshes written in ModelNet's real raw layout.
+"""A learnable but hard stand-in for ModelNet: parametric meshes written in ModelNet's real raw layout.
 
     <raw>/<class>/train/<class>_0001.off ... <raw>/<class>/test/<class>_0025.off ...
 
-Eight classes of distinct primitives (box, cone, cylinder, octahedron, prism, pyramid, sphere, torus), each
-mesh with random proportions and a random pose (azimuth, small tilt, scale, offset). Some files carry
-comment and blank lines, others the `OFF<counts>` glued header, so loading them exercises the tolerant
-.off reader. The ten ModelNet10 class folders are created empty, because PyG's `ModelNet` looks for them
-even for ModelNet40 (reference/env.md §3).
+Eight classes of primitives (box, cone, cylinder, octahedron, prism, pyramid, sphere, torus). What makes
+them hard to tell apart, as scanned furniture is:
+* pose: any azimuth and a tilt of up to ~35 degrees (real ModelNet meshes are mostly upright), after a
+  stretch of each axis by up to 1.33x, so proportions overlap between classes (a stretched octahedron
+  against a squat pyramid, a flat cylinder against a box);
+* clutter: most meshes carry one or two small distractor primitives of any class beside the object;
+* missing surface: each face is dropped with probability 0.1 (an open box, a cone without its base).
+Some files carry comment and blank lines, others the `OFF<counts>` glued header, so loading them exercises
+the tolerant .off reader. The ten ModelNet10 class folders are created empty, because PyG's `ModelNet` looks
+for them even for ModelNet40 (reference/env.md §3).
 """
 from __future__ import annotations
 
@@ -123,14 +128,50 @@ SHAPES: dict[str, Callable[[torch.Generator], Mesh]] = {
 }
 
 
+def rotation(axis: Tensor, angle: float) -> Tensor:
+    """The (3, 3) rotation by `angle` about the unit vector `axis` (Rodrigues)."""
+    x, y, z = axis.tolist()
+    cross = torch.tensor([[0, -z, y], [z, 0, -x], [-y, x, 0]], dtype=torch.float64)
+    return torch.eye(3, dtype=torch.float64) + math.sin(angle) * cross + (1 - math.cos(angle)) * cross @ cross
+
+
+def random_orientation(g: torch.Generator, max_tilt: float = 0.6) -> Tensor:
+    """Any azimuth about z, then a tilt of up to `max_tilt` radians about a random horizontal axis."""
+    spin = rotation(torch.tensor([0.0, 0.0, 1.0], dtype=torch.float64), _uniform(g, 0, 2 * math.pi))
+    heading = _uniform(g, 0, 2 * math.pi)
+    tilt_axis = torch.tensor([math.cos(heading), math.sin(heading), 0.0], dtype=torch.float64)
+    return rotation(tilt_axis, _uniform(g, -max_tilt, max_tilt)) @ spin
+
+
 def random_pose(vertices: Tensor, g: torch.Generator) -> Tensor:
-    """Rotate about z (any azimuth), tilt about x by up to ~15 degrees, scale and offset."""
-    azimuth, tilt = _uniform(g, 0, 2 * math.pi), _uniform(g, -0.25, 0.25)
-    cos_a, sin_a, cos_t, sin_t = math.cos(azimuth), math.sin(azimuth), math.cos(tilt), math.sin(tilt)
-    spin = torch.tensor([[cos_a, -sin_a, 0], [sin_a, cos_a, 0], [0, 0, 1]], dtype=torch.float64)
-    lean = torch.tensor([[1, 0, 0], [0, cos_t, -sin_t], [0, sin_t, cos_t]], dtype=torch.float64)
+    """Stretch each axis by 0.75-1.33x, orient (any azimuth, tilt up to ~35 degrees), scale and offset."""
+    stretch = torch.tensor([_uniform(g, math.log(0.75), math.log(4 / 3)) for _ in range(3)], dtype=torch.float64)
     offset = torch.rand(3, generator=g, dtype=torch.float64) * 2 - 1
-    return _uniform(g, 0.5, 2.0) * vertices @ (lean @ spin).T + offset
+    return _uniform(g, 0.5, 2.0) * (vertices * stretch.exp()) @ random_orientation(g).T + offset
+
+
+def with_clutter(mesh: Mesh, g: torch.Generator) -> Mesh:
+    """The mesh plus 0-2 small primitives of random classes placed just outside it (0: 30% of meshes)."""
+    vertices, faces = mesh
+    parts, all_faces = [vertices], list(faces)
+    count = 0 if _uniform(g, 0, 1) < 0.3 else 1 + int(_uniform(g, 0, 1) < 0.4)
+    for _ in range(count):
+        make = list(SHAPES.values())[int(torch.randint(len(SHAPES), (), generator=g))]
+        small, small_faces = make(g)
+        direction = torch.nn.functional.normalize(torch.randn(3, generator=g, dtype=torch.float64), dim=0)
+        reach = vertices.norm(dim=1).max().item()  # the object's radius
+        placed = _uniform(g, 0.12, 0.25) * small @ random_orientation(g, math.pi).T + direction * reach * _uniform(g, 1.05, 1.4)
+        start = sum(len(p) for p in parts)
+        parts.append(placed)
+        all_faces += [[start + index for index in face] for face in small_faces]
+    return torch.cat(parts), all_faces
+
+
+def with_holes(mesh: Mesh, g: torch.Generator, drop: float = 0.1) -> Mesh:
+    """The mesh with each face dropped with probability `drop` (never all of them)."""
+    vertices, faces = mesh
+    kept = [face for face in faces if _uniform(g, 0, 1) >= drop]
+    return vertices, kept or faces[:1]
 
 
 def write_synthetic_modelnet(raw_dir: Path, *, train_per_class: int = 24, test_per_class: int = 8,
@@ -146,7 +187,7 @@ def write_synthetic_modelnet(raw_dir: Path, *, train_per_class: int = 24, test_p
             split = "train" if number <= train_per_class else "test"
             folder = raw_dir / name / split
             folder.mkdir(parents=True, exist_ok=True)
-            vertices, faces = make(generator)
+            vertices, faces = with_clutter(with_holes(make(generator), generator), generator)
             comments = (f"synthetic {name} written by `python -m tasks.prepare modelnet40 --synthetic`",
                         "random proportions and pose") if file_count % 3 == 1 else ()
             write_off(folder / f"{name}_{number:04d}.off", random_pose(vertices, generator), faces,

@@ -52,6 +52,28 @@ def test_cifar100_layout(tmp_path):
     assert task.num_classes == 100 and len(task.datasets()["test"]) == 100
 
 
+def test_digits_stand_in_holds_the_real_digits_in_the_cifar10_layout(tmp_path):
+    from sklearn.datasets import load_digits
+
+    from tasks.prepare import main as prepare
+
+    assert prepare(["cifar10", "--synthetic", "--option", "stand_in=digits", "--root", str(tmp_path)]) == 0
+    task = Cifar10(data_root=tmp_path, download=False, val_fraction=0.1)
+    task.setup()
+    splits = task.datasets()
+    assert sum(len(split) for split in splits.values()) == 1797 and task.class_names == [str(d) for d in range(10)]
+    test = splits["test"].tensors
+    assert len(test["labels"]) == 359 and test["labels"].bincount().min() >= 35  # 20% of each class, rounded
+    digits = load_digits()  # every stored image is one of them, scaled to 32x32, with its own label
+    grey = torch.from_numpy(digits.images).float()[:, None] / 16  # (1797, 1, 8, 8)
+    large = torch.nn.functional.interpolate(grey, size=(32, 32), mode="bilinear")[:, 0] * 255  # (1797, 32, 32)
+    for image, label in zip(test["images"][:5], test["labels"][:5]):
+        assert torch.equal(image[0], image[1]) and torch.equal(image[0], image[2])
+        distance = (large - image[0].float()).abs().amax((1, 2))
+        assert distance.min() <= 0.5 and digits.target[int(distance.argmin())] == int(label)
+    assert prepare(["cifar100", "--synthetic", "--option", "stand_in=digits", "--root", str(tmp_path)]) == 2
+
+
 def test_real_archive_is_checksummed_and_extracted(tmp_path, monkeypatch):
     source = tmp_path / "src"
     write_synthetic_cifar(source / Cifar10.folder, Cifar10, train_per_class=2, test_per_class=1)

@@ -1,6 +1,7 @@
 """The ModelNet task end to end on synthetic meshes written in the real raw layout (tasks/modelnet.py)."""
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -44,7 +45,8 @@ def test_synthetic_meshes_are_in_the_real_layout_that_stock_pyg_reads(root):
     assert len(list((raw / "torus" / "train").glob("torus_*.off"))) == 24
     assert sorted(p.name for p in (raw / "torus" / "test").iterdir())[0] == "torus_0025.off"
     texts = [p.read_text() for p in (raw / "box" / "train").glob("*.off")]
-    assert any(t.startswith("OFF\n#") for t in texts) and any(t.startswith("OFF8 6 0") for t in texts)
+    assert any(t.startswith("OFF\n#") for t in texts)
+    assert any(re.match(r"OFF\d+ \d+ 0\n", t) for t in texts)  # the glued header (counts vary: holes, clutter)
     # stock PyG (no download, its own reader) accepts the layout, except the files with comments
     plain = root / "stock"
     for path in raw.rglob("*"):
@@ -182,10 +184,11 @@ def run_trainer(tracking: Path, root: Path, *extra: str):
 
 def test_a_short_training_run_learns_the_synthetic_shapes(root, tracking, monkeypatch):
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
-    run = run_trainer(tracking, root, "trainer.epochs=6", "model.dim=32", "model.depth=1", "model.num_heads=2",
+    run = run_trainer(tracking, root, "trainer.epochs=25", "model.dim=32", "model.depth=1", "model.num_heads=2",
                       "model.neighbours=8", "model.num_tokens=32", "model.head_hidden=32", "model.head_dropout=0.0")
     metrics = run.data.metrics
-    assert metrics["test/accuracy"] >= 0.5 and metrics["test/mean_class_accuracy"] >= 0.5  # chance: 1/8
+    # chance: 1/8; pose, clutter and holes make the stand-in take a few hundred steps (275 here)
+    assert metrics["test/accuracy"] >= 0.35 and metrics["test/mean_class_accuracy"] >= 0.35
     assert run.data.params["data.classes"] == ",".join(SHAPE_CLASSES) and run.data.tags["model"] == "point_transformer"
 
 

@@ -172,8 +172,10 @@ def test_prepare_cli_forwards_task_options(tmp_path, capsys):
     assert prepare(["protein", "--root", str(tmp_path), "--option", "datset=flip_scl"]) == 2
     error = capsys.readouterr().err.strip()
     assert "valid options: dataset" in error and "\n" not in error
-    assert prepare(["cifar10", "--root", str(tmp_path), "--option", "dataset=x"]) == 2
+    assert prepare(["modelnet40", "--root", str(tmp_path), "--option", "dataset=x"]) == 2
     assert "valid options: none" in capsys.readouterr().err
+    assert prepare(["cifar10", "--root", str(tmp_path), "--option", "dataset=x"]) == 2
+    assert "valid options: stand_in" in capsys.readouterr().err
 
 
 # -- ESM-2 featurizer, offline with a tiny random ESM-2 -------------------------------------------
