@@ -33,6 +33,14 @@ class TensorDictDataset(Dataset):
         return {name: tensor[index] for name, tensor in self.tensors.items()}
 
 
+def seeded_subset(size: int, count: int, seed: int = 0) -> torch.Tensor:
+    """`count` of range(size) drawn without replacement, in increasing order (all when count is 0 or >= size):
+    the `train_subset` of a task, the same for every run."""
+    if count <= 0 or count >= size:
+        return torch.arange(size)
+    return torch.randperm(size, generator=torch.Generator().manual_seed(seed))[:count].sort().values
+
+
 def pad_batch(values: list[torch.Tensor], padding_value: float = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Variable-length (n_i, ...) tensors -> (B, N, ...) padded to the longest and a (B, N) mask, True = padding."""
     lengths = torch.tensor([len(v) for v in values])

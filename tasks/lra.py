@@ -26,7 +26,7 @@ from torch.utils.data import Dataset
 
 from backbones import BACKBONES
 from backbones.dual_encoder import DualEncoder
-from lab.data import pad_batch
+from lab.data import pad_batch, seeded_subset
 from lab.download import DataError
 from lab.registry import ConfigError
 
@@ -39,7 +39,7 @@ from .listops import (BENCHMARK, SPLITS, VOCABULARY, ListOpsSetting, read_tsv, t
                       write_generated)
 from .lra_release import ARCHIVE, extract_folder, find_folder
 from .pathfinder import load_cached
-from .token_classification import TokenClassificationTask, seeded_subset, token_tensor
+from .token_classification import TokenClassificationTask, token_tensor
 
 LISTOPS_FOLDER = "listops-1000"
 # The synthetic ListOps: the same generator with shallow, short trees, so a CPU learns it in minutes;

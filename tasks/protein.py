@@ -35,7 +35,7 @@ from torch.utils.data import Dataset
 from attention import AttentionSpec
 from attention.pooling import PoolingSpec
 from backbones import BACKBONES
-from lab.data import TensorDictDataset, pad_batch
+from lab.data import TensorDictDataset, pad_batch, seeded_subset
 from lab.registry import ConfigError
 from lab.runtime import select_device
 
@@ -46,7 +46,6 @@ from .esm_features import MAX_RESIDUES, EsmFeatureCache
 from .protein_data import (VOCAB_SIZE, ProteinSplits, check_scldata, flip_scl_csv, load_scl2205, prepare_flip_scl,
                            read_flip_csv, termini_slices, tokenize, truncate)
 
-SUBSET_SEED = 0
 FEATURE_FOLDER = "protein_features"  # below the data root: <featurizer>/<sha1[:2]>/<sha1>.pt
 
 
@@ -125,8 +124,7 @@ class Protein(ClassificationTask):
 
     def _subset_train(self, data: ProteinSplits) -> ProteinSplits:
         """A seeded random `train_subset` of the training split (in the original order)."""
-        generator = torch.Generator().manual_seed(SUBSET_SEED)
-        keep = torch.randperm(len(data.labels["train"]), generator=generator)[:self.train_subset].sort().values
+        keep = seeded_subset(len(data.labels["train"]), self.train_subset)
         data.sequences["train"] = [data.sequences["train"][i] for i in keep.tolist()]
         data.labels["train"] = [data.labels["train"][i] for i in keep.tolist()]
         return data

@@ -16,12 +16,10 @@ from typing import ClassVar
 import torch
 from torch import Tensor
 
-from lab.data import TensorDictDataset, pad_batch
+from lab.data import TensorDictDataset, pad_batch, seeded_subset
 from lab.registry import ConfigError
 
 from .classification import ClassificationTask
-
-SUBSET_SEED = 0
 
 
 def token_tensor(ids: list[int] | bytes, vocab_size: int) -> Tensor:
@@ -32,13 +30,6 @@ def token_tensor(ids: list[int] | bytes, vocab_size: int) -> Tensor:
 
 def majority_rate(labels: Tensor, num_classes: int) -> float:
     return torch.bincount(labels, minlength=num_classes).max().item() / max(1, len(labels))
-
-
-def seeded_subset(size: int, count: int, seed: int = SUBSET_SEED) -> Tensor:
-    """`count` of range(size) drawn without replacement, in increasing order (all when count is 0 or >= size)."""
-    if count <= 0 or count >= size:
-        return torch.arange(size)
-    return torch.randperm(size, generator=torch.Generator().manual_seed(seed))[:count].sort().values
 
 
 class TokenClassificationTask(ClassificationTask):
