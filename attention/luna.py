@@ -32,17 +32,15 @@ import math
 from typing import Literal
 
 import torch
-import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from lab.hooks import sum_across_ranks
+from lab.hooks import mean_across_ranks
 from lab.registry import ConfigError
 
 from .linear_attention import FeatureMap, LinearAttentionCore, finite_or_zero
 from .registry import register_attention
 
-ENVELOPES = ("none", "learned")
 ENVELOPE_BOUND = 10.0  # |log h(x)| <= this: h stays within a factor e^10 of 1
 REVIVE_SAMPLE = 16_384  # inputs u used to find the channels dead on the first batch
 
@@ -142,8 +140,7 @@ class LunaFeatureMap(FeatureMap):
         pre = (hidden * self.out_weight).sum(-1) + self.out_bias  # (P, L) before the final ReLU
         dead = pre.max(dim=0).values <= 0  # (L,)
         shift = torch.where(dead, -pre.median(dim=0).values, 0.0)
-        world = dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-        self.out_bias.add_(sum_across_ranks(shift) / world)
+        self.out_bias.add_(mean_across_ranks(shift))
         self.channels_checked.fill_(True)
         self.checking_pending = False
 
@@ -156,8 +153,6 @@ class LunaAttention(LinearAttentionCore):
         for name, value in (("num_features", num_features), ("num_channels", num_channels), ("hidden", hidden)):
             if value < 1:
                 raise ConfigError(f"attention.{name} must be a positive integer, got {value}")
-        if envelope not in ENVELOPES:
-            raise ConfigError(f"attention.envelope must be one of {', '.join(ENVELOPES)}, got {envelope!r}")
         feature_map = LunaFeatureMap(head_dim, num_features, num_channels, hidden, envelope=envelope,
                                      revive_dead_channels=revive_dead_channels)
         super().__init__(num_heads, head_dim, feature_map, chunk_size=chunk_size, eps=eps)

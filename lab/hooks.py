@@ -53,6 +53,13 @@ def sum_across_ranks(values: Tensor) -> Tensor:
     return total
 
 
+def mean_across_ranks(values: Tensor) -> Tensor:
+    """The element-wise mean of `values` over the data-parallel ranks (itself in one process)."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return values
+    return sum_across_ranks(values) / dist.get_world_size()
+
+
 class StepMeans:
     """Means of per-example statistics over every micro-batch of an optimizer step and every rank.
 
@@ -122,9 +129,7 @@ class AuxiliaryGradients:
         self.pending = [None] * len(self.parameters)
         if not held:
             return None
-        flat = sum_across_ranks(torch.cat([g.reshape(-1) for _, g in held]))
-        if dist.is_available() and dist.is_initialized():
-            flat = flat / dist.get_world_size()
+        flat = mean_across_ranks(torch.cat([g.reshape(-1) for _, g in held]))
         offset = 0
         for param, grad in held:
             part = flat[offset:offset + grad.numel()].view_as(grad)
