@@ -49,6 +49,7 @@ from typing import Literal
 import torch
 from torch import Tensor
 
+from lab.checkpoint import load_checkpoint
 from lab.registry import ConfigError
 
 from .base import register_pooling
@@ -202,9 +203,9 @@ def swe_run_cost(source: Path) -> float:
 
 def read_checkpoint(path: Path) -> dict:
     try:
-        return torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    except Exception as error:  # not a checkpoint, truncated, or refused by weights_only
-        raise ConfigError(f"pooling.eps_from: cannot load {path}: {str(error).splitlines()[0]}") from None
+        return load_checkpoint(path)
+    except ConfigError as error:  # its one line, said of this option
+        raise ConfigError(f"pooling.eps_from: cannot load it: {error}") from None
 
 
 def pooling_of(state: dict) -> str | None:

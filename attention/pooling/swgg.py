@@ -11,8 +11,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from .sliced import RELAXATIONS
-from .sliced import SlicedSets
+from .sliced import RELAXATIONS, SlicedSets
 
 
 def squared_distances(x: Tensor, references: Tensor) -> Tensor:
