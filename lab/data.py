@@ -41,6 +41,20 @@ def seeded_subset(size: int, count: int, seed: int = 0) -> torch.Tensor:
     return torch.randperm(size, generator=torch.Generator().manual_seed(seed))[:count].sort().values
 
 
+def stratified_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(kept, held out) index tensors, both sorted: round(fraction * count) of every class held out, drawn
+    with `seed` (a validation split carved from a training split)."""
+    generator = torch.Generator().manual_seed(seed)
+    kept, held_out = [], []
+    for label in labels.unique():
+        members = (labels == label).nonzero().squeeze(1)
+        members = members[torch.randperm(len(members), generator=generator)]
+        count = round(fraction * len(members))
+        held_out.append(members[:count])
+        kept.append(members[count:])
+    return torch.cat(kept).sort().values, torch.cat(held_out).sort().values
+
+
 def pad_batch(values: list[torch.Tensor], padding_value: float = 0) -> tuple[torch.Tensor, torch.Tensor]:
     """Variable-length (n_i, ...) tensors -> (B, N, ...) padded to the longest and a (B, N) mask, True = padding."""
     lengths = torch.tensor([len(v) for v in values])

@@ -19,6 +19,7 @@ from typing import Literal
 
 import torch
 
+from lab.data import stratified_split
 from lab.registry import ConfigError
 
 from . import register_task
@@ -27,20 +28,6 @@ from .subword import sentencepiece_model
 from .token_classification import TokenClassificationTask, token_tensor
 
 SPM_FOLDER = "imdb_spm"
-
-
-def stratified_split(labels: torch.Tensor, fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(kept, held out) indices: `fraction` of every class held out, drawn with `seed`; both sorted."""
-    generator = torch.Generator().manual_seed(seed)
-    held = []
-    for label in labels.unique().tolist():
-        members = (labels == label).nonzero().squeeze(1)
-        count = round(fraction * len(members))
-        held.append(members[torch.randperm(len(members), generator=generator)[:count]])
-    held_out = torch.cat(held).sort().values
-    kept = torch.ones(len(labels), dtype=torch.bool)
-    kept[held_out] = False
-    return kept.nonzero().squeeze(1), held_out
 
 
 def head_and_tail(ids: list[int], max_length: int, tail_length: int) -> list[int]:

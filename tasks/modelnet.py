@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from lab.data import TensorDictDataset
+from lab.data import TensorDictDataset, stratified_split
 from lab.download import DataError, extract
 from lab.download import download as download_file
 from lab.registry import ConfigError
@@ -30,19 +30,6 @@ from .classification import ClassificationTask
 from .synthetic_shapes import write_synthetic_modelnet
 
 DOWNLOAD_TIMEOUT = 20.0  # seconds without an answer before a download counts as failed
-
-
-def stratified_split(labels: Tensor, fraction: float, seed: int) -> tuple[Tensor, Tensor]:
-    """(keep, held_out) index tensors; round(fraction * count) of every class is held out, chosen by `seed`."""
-    generator = torch.Generator().manual_seed(seed)
-    keep, held_out = [], []
-    for label in labels.unique():
-        members = (labels == label).nonzero().squeeze(1)
-        members = members[torch.randperm(len(members), generator=generator)]
-        count = round(fraction * len(members))
-        held_out.append(members[:count])
-        keep.append(members[count:])
-    return torch.cat(keep).sort().values, torch.cat(held_out).sort().values
 
 
 @register_task("modelnet40", aliases=("modelnet",))

@@ -9,9 +9,10 @@ import pytest
 import torch
 
 import train
+from lab.data import stratified_split
 from lab.download import DataError, file_digest
 from lab.registry import ConfigError
-from tasks.imdb import Imdb, head_and_tail, stratified_split
+from tasks.imdb import Imdb, head_and_tail
 from tasks.imdb_data import read_reviews
 from tasks.synthetic_imdb import NEGATIONS, NEGATIVE, POSITIVE, review, write_synthetic_aclimdb
 

@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from lab.data import stratified_split
 from lab.download import DataError
 from tasks import build_task, list_tasks
-from tasks.modelnet import ModelNet40, stratified_split
+from tasks.modelnet import ModelNet40
 from tasks.synthetic_shapes import MODELNET10_CLASSES, SHAPES
 
 SHAPE_CLASSES = sorted(SHAPES)
