@@ -212,8 +212,10 @@ class LraImage(TokenClassificationTask):
                              split_seed=split_seed)
 
     @classmethod
-    def prepare(cls, root: Path, *, synthetic: bool = False, download: bool = True) -> None:
-        Cifar10.prepare(root, synthetic=synthetic, download=download)
+    def prepare(cls, root: Path, *, synthetic: bool = False, download: bool = True,
+                stand_in: Literal["glyphs", "digits"] = "glyphs") -> None:
+        """The cifar10 task's data, or with `synthetic` one of its stand-ins (glyphs, or real digits)."""
+        Cifar10.prepare(root, synthetic=synthetic, download=download, stand_in=stand_in)
 
     def setup(self) -> None:
         self.cifar.setup()

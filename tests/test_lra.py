@@ -19,7 +19,6 @@ from lab.download import DataError
 from lab.registry import ConfigError
 from tasks.base import ModelSpec
 from tasks.cifar import Cifar10
-from tasks.digits_cifar import write_digits_cifar
 from tasks.lra import LraImage, LraPathfinder, LraRetrieval, LraText, byte_tokens, grayscale
 from tasks.lra_release import URL, find_folder
 from tasks.synthetic_aan import write_synthetic_aan
@@ -282,7 +281,7 @@ def test_listops_learns_above_the_majority_class(tmp_path):
 def test_image_learns_above_chance(tmp_path):
     # real handwritten digits in the CIFAR-10 layout: the glyph stand-in (issue 16) is built to take a ViT
     # hundreds of steps, more than a pixel-level model gets here
-    write_digits_cifar(tmp_path / Cifar10.folder, Cifar10)
+    LraImage.prepare(tmp_path, synthetic=True, stand_in="digits")
     run = train_small(tmp_path, "lra_image", tmp_path, "attention=linear", "model.dim=16", "trainer.epochs=3",
                       "trainer.lr=3e-3")
     assert run.data.metrics["test/accuracy"] > 0.2  # 10 classes
