@@ -7,6 +7,7 @@ no-op tracker. `check_store` is the quick, bounded look at the store that runs b
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import ssl
@@ -86,6 +87,26 @@ def check_store(uri: str, timeout: float = STORE_TIMEOUT) -> None:
             raise ConfigError(f"the tracking database {uri} does not answer ({reason}); {fix}") from None
 
 
+@contextlib.contextmanager
+def store_lock(uri: str):
+    """Hold an exclusive lock beside a sqlite store while it is opened (MLflow creates and migrates its tables
+    on first use: two runs starting at once on a new file otherwise fail in alembic's migration) and while an
+    experiment is looked up or created. Other stores serialise themselves."""
+    if not uri.startswith("sqlite:///"):
+        yield
+        return
+    import fcntl
+
+    database = Path(uri[len("sqlite:///"):])
+    database.parent.mkdir(parents=True, exist_ok=True)  # as MLflow would; check_store saw no file in the way
+    with open(database.with_name(database.name + ".lock"), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def flatten(tree: dict[str, Any], prefix: str = "") -> dict[str, Any]:
     flat: dict[str, Any] = {}
     for key, value in tree.items():
@@ -121,9 +142,10 @@ class Tracker:
         uri = resolve_tracking_uri(cfg.tracking.uri)
         mlflow.set_tracking_uri(uri)
         experiment = self.experiment_name = cfg.tracking.experiment or cfg.task.name
-        if mlflow.get_experiment_by_name(experiment) is None:
-            mlflow.create_experiment(experiment, artifact_location=artifact_location(uri, experiment))
-        mlflow.set_experiment(experiment)
+        with store_lock(uri):
+            if mlflow.get_experiment_by_name(experiment) is None:
+                mlflow.create_experiment(experiment, artifact_location=artifact_location(uri, experiment))
+            mlflow.set_experiment(experiment)
         if run_id is not None and not self._resumable(run_id):
             print(f"note: the checkpoint's MLflow run {run_id} is not in {uri}; continuing in a new run there "
                   "(tag resumed_from_run), whose metrics start at the checkpoint's step", flush=True)
