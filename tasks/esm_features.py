@@ -22,7 +22,6 @@ structure with a language model") through `fair-esm`, cached on disk by sequence
 from __future__ import annotations
 
 import hashlib
-import os
 import time
 from pathlib import Path
 from typing import Callable
@@ -31,6 +30,7 @@ import torch
 from torch import Tensor, nn
 
 from lab.download import DataError
+from lab.files import written_whole
 
 MAX_RESIDUES = 1022
 ESM_CHECKPOINTS = {"esm2_t6_8M": "esm2_t6_8M_UR50D"}
@@ -140,6 +140,5 @@ class EsmFeatureCache:
     @staticmethod
     def _save(features: Tensor, path: Path) -> None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        partial = path.with_name(f"{path.name}.{os.getpid()}.part")
-        torch.save(features.to(torch.float16, copy=True), partial)
-        os.replace(partial, path)
+        with written_whole(path) as partial:
+            torch.save(features.to(torch.float16, copy=True), partial)

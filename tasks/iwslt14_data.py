@@ -25,12 +25,12 @@ from __future__ import annotations
 
 import os
 import re
-import shutil
 import tarfile
 import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 
 from lab.download import DataError
+from lab.files import written_whole
 
 LANGUAGES = ("de", "en")
 SPLITS = ("train", "valid", "test")
@@ -136,12 +136,10 @@ def prepared_files(folder: Path) -> dict[tuple[str, str], Path]:
 def write_prepared(splits: dict[str, dict[str, list[str]]], folder: Path) -> None:
     """One text file per split and language (`train.de` ...), written to a temporary folder and renamed."""
     folder = Path(folder)
-    partial = folder.with_name(folder.name + ".part")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    for (split, lang), path in prepared_files(partial).items():
-        path.write_text("".join(line + "\n" for line in splits[split][lang]), encoding="utf-8")
-    os.replace(partial, folder)
+    with written_whole(folder) as partial:
+        partial.mkdir(parents=True)
+        for (split, lang), path in prepared_files(partial).items():
+            path.write_text("".join(line + "\n" for line in splits[split][lang]), encoding="utf-8")
 
 
 def read_prepared(folder: Path) -> dict[str, dict[str, list[str]]]:

@@ -23,16 +23,17 @@ the generator's `length` tokens.
 from __future__ import annotations
 
 import bisect
+import contextlib
 import csv
 import hashlib
 import itertools
-import os
 import random
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator, Union
 
 from lab.download import DataError
+from lab.files import written_whole
 
 MIN, MAX, MED, SUM_MOD, CLOSE = "[MIN", "[MAX", "[MED", "[SM", "]"
 OPERATORS = (MIN, MAX, MED, SUM_MOD)  # upstream's order: it matters for the seeded draws
@@ -116,22 +117,18 @@ def generate(setting: ListOpsSetting, seed: int = 0) -> Iterator[tuple[str, str,
 
 
 def write_generated(folder: Path, setting: ListOpsSetting, seed: int = 0) -> None:
-    """Generate into `folder/basic_{train,val,test}.tsv`, streamed to `.part` files renamed at the end."""
+    """Generate into `folder/basic_{train,val,test}.tsv`, streamed to temporary files renamed at the end."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    partials = {split: tsv_path(folder, split).with_suffix(".tsv.part") for split in SPLITS}
-    handles = {split: open(path, "w", newline="") for split, path in partials.items()}
-    try:
-        writers = {split: csv.writer(handle, delimiter="\t") for split, handle in handles.items()}
-        for writer in writers.values():
-            writer.writerow(HEADER)
-        for split, source, value in generate(setting, seed):
-            writers[split].writerow((source, value))
-    finally:
-        for handle in handles.values():
-            handle.close()
-    for split, path in partials.items():
-        os.replace(path, tsv_path(folder, split))
+    with contextlib.ExitStack() as files:
+        partials = {split: files.enter_context(written_whole(tsv_path(folder, split))) for split in SPLITS}
+        with contextlib.ExitStack() as open_files:
+            writers = {split: csv.writer(open_files.enter_context(open(path, "w", newline="")), delimiter="\t")
+                       for split, path in partials.items()}
+            for writer in writers.values():
+                writer.writerow(HEADER)
+            for split, source, value in generate(setting, seed):
+                writers[split].writerow((source, value))
 
 
 def tsv_path(folder: Path, split: str) -> Path:

@@ -11,12 +11,12 @@ and labels, in metadata order) beside the difficulty folders, rebuilt when a met
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import numpy as np
 
 from lab.download import DataError
+from lab.files import written_whole
 
 
 def metadata_files(folder: Path) -> list[Path]:
@@ -59,8 +59,7 @@ def load_cached(folder: Path) -> tuple[np.ndarray, np.ndarray]:
             return stored["pixels"], stored["labels"]
     print(f"decoding the Pathfinder images of {folder} once (cached in {cache.name})", flush=True)
     pixels, labels = read_images(folder)
-    partial = cache.with_name(cache.stem + ".part.npz")
-    np.savez(partial, pixels=pixels, labels=labels)
-    os.replace(partial, cache)
+    with written_whole(cache) as partial, open(partial, "wb") as handle:  # a handle: np.savez would add ".npz"
+        np.savez(handle, pixels=pixels, labels=labels)
     return pixels, labels
 

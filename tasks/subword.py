@@ -16,6 +16,8 @@ import os
 from pathlib import Path
 from typing import Iterable, Literal
 
+from lab.files import written_whole
+
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 
 
@@ -52,9 +54,8 @@ def sentencepiece_model(texts: list[str], cache_dir: Path, *, vocab_size: int,
             sentence_iterator=iter(texts), model_writer=buffer, hard_vocab_limit=False,
             pad_id=PAD_ID, unk_id=UNK_ID, bos_id=BOS_ID, eos_id=EOS_ID, shuffle_input_sentence=True,
             num_threads=os.cpu_count() or 1, minloglevel=2, **options)
-        partial = path.with_name(path.name + ".part")
-        partial.write_bytes(buffer.getvalue())
-        os.replace(partial, path)
+        with written_whole(path) as partial:
+            partial.write_bytes(buffer.getvalue())
     else:
         print(f"using the cached SentencePiece model {path}", flush=True)
     return spm.SentencePieceProcessor(model_file=str(path))

@@ -14,11 +14,12 @@ XML entities, as the real sets do.
 from __future__ import annotations
 
 import io
-import os
 import random
 import tarfile
 from pathlib import Path
 from xml.sax.saxutils import escape
+
+from lab.files import written_whole
 
 from .iwslt14_data import TEST_FILE, TEST_SETS, TRAIN_FILE
 from .toy_german import sentence_pair
@@ -104,12 +105,10 @@ def write_synthetic_release(archive: Path, *, talks: int = 250, lines_per_talk: 
             files[TEST_FILE.format(name=name, lang=lang)] = test_file(name, lang, [p[index] for p in pairs], 4, rng)
     archive = Path(archive)
     archive.parent.mkdir(parents=True, exist_ok=True)
-    partial = archive.with_name(archive.name + ".part")
-    with tarfile.open(partial, "w:gz") as tar:
+    with written_whole(archive) as partial, tarfile.open(partial, "w:gz") as tar:
         for name, text in sorted(files.items()):
             data = text.encode("utf-8")
             info = tarfile.TarInfo(f"de-en/{name}")
             info.size = len(data)
             tar.addfile(info, io.BytesIO(data))
-    os.replace(partial, archive)
     return {**counts, "test": len(TEST_SETS) * test_segments}

@@ -17,7 +17,7 @@ import torch
 import train
 from lab.download import DataError, extract
 from lab.registry import AtLeast, ConfigError, Registry
-from run_checks import assert_one_line_exit_2_and_nothing_written, mlflow_runs, outputs_in
+from run_checks import assert_one_line_exit_2_and_nothing_written, outputs_in
 from tasks.cifar import Cifar10, read_pickle
 from tasks.off_format import write_off
 from tasks.synthetic_cifar import write_synthetic_cifar
