@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from attention import AttentionSpec
 from attention.pooling import PoolingSpec, build_pooling
-from lab.registry import AtLeast, ConfigError
+from lab.registry import Above, AtLeast, ConfigError
 
 from . import register_backbone
 from .blocks import Encoder
@@ -36,13 +36,11 @@ class ViT(nn.Module):
     def __init__(self, *, num_classes: int, image_size: int, in_channels: int, attention: AttentionSpec,
                  pooling: PoolingSpec, patch_size: int = 4, dim: int = 192, depth: int = 6,
                  num_heads: int = 4, head_dim: int | None = None, mlp_ratio: float = 2.0, dropout: float = 0.0,
-                 qkv_bias: bool = False, norm_eps: float = 1e-5, local_conv: Annotated[int, AtLeast(0)] = 0,
+                 qkv_bias: bool = False, norm_eps: Annotated[float, Above(0.0)] = 1e-5, local_conv: Annotated[int, AtLeast(0)] = 0,
                  key_pos: bool = False, special_tokens_attention: str | None = None):
         super().__init__()
         if image_size % patch_size:
             raise ConfigError(f"image_size {image_size} is not divisible by model.patch_size {patch_size}")
-        if norm_eps <= 0:
-            raise ConfigError(f"model.norm_eps must be > 0, got {norm_eps}")
         self.patch_embed = nn.Conv2d(in_channels, dim, kernel_size=patch_size, stride=patch_size)
         num_patches = (image_size // patch_size) ** 2
         self.pool = build_pooling(pooling if pooling.name else PoolingSpec("cls", pooling.options), dim=dim)

@@ -15,12 +15,12 @@ verdict, e.g. `tail_length=128`). Model: `sequence_encoder`. Metric: accuracy (2
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
 
 from lab.data import stratified_split
-from lab.registry import ConfigError
+from lab.registry import Above, AtLeast, Below, ConfigError
 
 from . import register_task
 from .imdb_data import CLASSES, prepare_aclimdb, read_reviews
@@ -40,16 +40,13 @@ def head_and_tail(ids: list[int], max_length: int, tail_length: int) -> list[int
 class Imdb(TokenClassificationTask):
     class_names = list(CLASSES)
 
-    def __init__(self, *, data_root: Path, download: bool, vocab_size: int = 16000,
+    def __init__(self, *, data_root: Path, download: bool, vocab_size: Annotated[int, AtLeast(8)] = 16000,
                  tokenizer: Literal["unigram", "bpe"] = "unigram", max_length: int = 512, tail_length: int = 0,
-                 val_fraction: float = 0.1, split_seed: int = 0, train_subset: int = 0):
+                 val_fraction: Annotated[float, Above(0.0), Below(1.0)] = 0.1, split_seed: int = 0,
+                 train_subset: int = 0):
         super().__init__(data_root=data_root, download=download, max_length=max_length, train_subset=train_subset)
-        if vocab_size < 8:
-            raise ConfigError(f"task.vocab_size must be >= 8, got {vocab_size}")
         if not 0 <= tail_length < max_length:
             raise ConfigError(f"task.tail_length must be in [0, max_length = {max_length}), got {tail_length}")
-        if not 0.0 < val_fraction < 1.0:
-            raise ConfigError(f"task.val_fraction must be in (0, 1), got {val_fraction}")
         self.vocab_size, self.tokenizer, self.tail_length = vocab_size, tokenizer, tail_length
         self.val_fraction, self.split_seed = val_fraction, split_seed
 

@@ -22,7 +22,7 @@ import functools
 import math
 import shutil
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
 import torch.nn.functional as F
@@ -35,7 +35,7 @@ from backbones import BACKBONES, build_backbone
 from backbones.decoding import beam_search, greedy_decode
 from lab.data import TensorDictDataset
 from lab.download import DataError, download as download_file, verify
-from lab.registry import ConfigError
+from lab.registry import AtLeast, Below, ConfigError
 
 from . import register_task
 from .base import Evaluation, ModelSpec, Task
@@ -75,21 +75,16 @@ class Iwslt14(Task):
     url = "http://dl.fbaipublicfiles.com/fairseq/data/iwslt14/de-en.tgz"  # fairseq's mirror of the WIT3 release
 
     def __init__(self, *, data_root: Path, download: bool, source: Literal["de", "en"] = "de",
-                 target: Literal["de", "en"] = "en", vocab_size: int = 10000, max_length: int = 256,
-                 label_smoothing: float = 0.1, val_subset: int = 1000, beam_size: int = 5,
-                 length_penalty: float = 1.0, max_len_a: float = 1.2, max_len_b: int = 10,
+                 target: Literal["de", "en"] = "en", vocab_size: Annotated[int, AtLeast(8)] = 10000,
+                 max_length: Annotated[int, AtLeast(2)] = 256,
+                 label_smoothing: Annotated[float, AtLeast(0.0), Below(1.0)] = 0.1,
+                 val_subset: Annotated[int, AtLeast(0)] = 1000, beam_size: Annotated[int, AtLeast(1)] = 5,
+                 length_penalty: float = 1.0, max_len_a: Annotated[float, AtLeast(0.0)] = 1.2,
+                 max_len_b: Annotated[int, AtLeast(1)] = 10,
                  archive_md5: str | None = None):
         super().__init__(data_root=data_root, download=download)
         if source == target:
             raise ConfigError(f"task.source and task.target must differ, both are '{source}'")
-        for key, value, low in (("vocab_size", vocab_size, 8), ("max_length", max_length, 2),
-                                ("beam_size", beam_size, 1), ("val_subset", val_subset, 0)):
-            if value < low:
-                raise ConfigError(f"task.{key} must be >= {low}, got {value}")
-        if not 0.0 <= label_smoothing < 1.0:
-            raise ConfigError(f"task.label_smoothing must be in [0, 1), got {label_smoothing}")
-        if max_len_a < 0 or max_len_b < 1:
-            raise ConfigError(f"task.max_len_a must be >= 0 and task.max_len_b >= 1, got {max_len_a}, {max_len_b}")
         self.source, self.target, self.vocab_size = source, target, vocab_size
         self.max_length, self.label_smoothing, self.val_subset = max_length, label_smoothing, val_subset
         self.beam_size, self.length_penalty = beam_size, length_penalty

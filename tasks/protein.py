@@ -26,7 +26,7 @@ from __future__ import annotations
 
 import inspect
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
 from torch import Tensor
@@ -36,7 +36,7 @@ from attention import AttentionSpec
 from attention.pooling import PoolingSpec
 from backbones import BACKBONES
 from lab.data import TensorDictDataset, pad_batch, seeded_subset
-from lab.registry import ConfigError
+from lab.registry import AtLeast, ConfigError
 from lab.runtime import select_device
 
 from . import register_task
@@ -75,14 +75,12 @@ def pad_collate(items: list[dict[str, Tensor]]) -> dict[str, Tensor]:
 class Protein(ClassificationTask):
     def __init__(self, *, data_root: Path, download: bool, dataset: Literal["scl2205", "flip_scl"] = "scl2205",
                  featurizer: Literal["learned", "esm2_t6_8M"] = "learned", max_length: int = 512,
-                 c_terminal: int = 64, train_subset: int = 0):
+                 c_terminal: int = 64, train_subset: Annotated[int, AtLeast(0)] = 0):
         super().__init__(data_root=data_root, download=download)
         termini_slices(0, max_length, c_terminal)  # validates c_terminal against max_length
         if featurizer != "learned" and max_length > MAX_RESIDUES:
             raise ConfigError(f"featurizer {featurizer} takes at most {MAX_RESIDUES} residues: "
                               f"set task.max_length <= {MAX_RESIDUES}, got {max_length}")
-        if train_subset < 0:
-            raise ConfigError(f"task.train_subset must be >= 0 (0 = the whole training split), got {train_subset}")
         self.dataset, self.featurizer = dataset, featurizer
         self.max_length, self.c_terminal, self.train_subset = max_length, c_terminal, train_subset
         self.splits: dict[str, Dataset] = {}

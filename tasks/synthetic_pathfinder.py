@@ -98,7 +98,7 @@ def image(label: int, rng: np.random.Generator, curve_length: int = 18, distract
         return canvas.pixels
 
 
-def write_synthetic_pathfinder(folder: Path, count: int = 2000, per_batch: int = 500, seed: int = 0) -> Path:
+def write_synthetic_pathfinder(folder: Path, count: int = 2000, per_batch: int = 500, seed: int = 0, **shape) -> Path:
     """Write `count` balanced images into `folder` (…/pathfinder32/curv_contour_length_14) in the release layout."""
     from PIL import Image
 
@@ -111,7 +111,7 @@ def write_synthetic_pathfinder(folder: Path, count: int = 2000, per_batch: int =
         subdir.mkdir(parents=True, exist_ok=True)
         lines = []
         for index in range(start, min(start + per_batch, count)):
-            Image.fromarray(image(int(labels[index]), rng)).save(subdir / f"sample_{index}.png")
+            Image.fromarray(image(int(labels[index]), rng, **shape)).save(subdir / f"sample_{index}.png")
             lines.append(f"imgs/{batch} sample_{index}.png {index} {labels[index]} 18 2\n")
         (folder / "metadata" / f"{batch}.npy").write_text("".join(lines))
     return folder
