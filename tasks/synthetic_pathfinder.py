@@ -99,7 +99,8 @@ def image(label: int, rng: np.random.Generator, curve_length: int = 18, distract
 
 
 def write_synthetic_pathfinder(folder: Path, count: int = 2000, per_batch: int = 500, seed: int = 0, **shape) -> Path:
-    """Write `count` balanced images into `folder` (…/pathfinder32/curv_contour_length_14) in the release layout."""
+    """Write `count` balanced images into `folder` (…/pathfinder32/curv_contour_length_14) in the release layout;
+    `shape`: keyword options of `image` (curve length, distractors, dot separation, turning)."""
     from PIL import Image
 
     rng = np.random.default_rng(seed)
