@@ -25,12 +25,12 @@ which coordinate axes each head uses.
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
 from torch import Tensor
 
-from lab.registry import ConfigError
+from lab.registry import Above, AtLeast
 
 from .base import AttentionCore
 from .esp_function import EspFunction, EspSettings, slice_weights
@@ -45,16 +45,11 @@ class EspAttention(AttentionCore):
     doubly_stochastic = True
     complexity = "quadratic"
 
-    def __init__(self, num_heads: int, head_dim: int, *, sort_temperature: float = 1e-3,
-                 inv_temperature: float = 10.0, cost: Literal["euclidean", "sqeuclidean"] = "euclidean",
-                 hard: bool = False, scale_by_n: bool = False, slice_chunk: int | None = None):
+    def __init__(self, num_heads: int, head_dim: int, *, sort_temperature: Annotated[float, Above(0)] = 1e-3,
+                 inv_temperature: Annotated[float, AtLeast(0)] = 10.0,
+                 cost: Literal["euclidean", "sqeuclidean"] = "euclidean", hard: bool = False,
+                 scale_by_n: bool = False, slice_chunk: Annotated[int, AtLeast(1)] | None = None):
         super().__init__(num_heads, head_dim)
-        if sort_temperature <= 0:
-            raise ConfigError(f"esp: sort_temperature must be > 0, got {sort_temperature}")
-        if inv_temperature < 0:
-            raise ConfigError(f"esp: inv_temperature must be >= 0, got {inv_temperature}")
-        if slice_chunk is not None and slice_chunk < 1:
-            raise ConfigError(f"esp: slice_chunk must be a positive int or null (automatic), got {slice_chunk}")
         self.settings = EspSettings(sort_temperature, inv_temperature, cost, hard, scale_by_n, slice_chunk)
 
     def _prepare(self, q: Tensor, k: Tensor, key_padding_mask: Tensor | None) -> tuple[Tensor, Tensor, Tensor | None]:

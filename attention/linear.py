@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
-from .linear_attention import FeatureMap, LinearAttentionCore
+from .linear_attention import ChunkSize, Eps, FeatureMap, LinearAttentionCore
 from .registry import register_attention
 
 
@@ -18,5 +18,5 @@ class EluFeatureMap(FeatureMap):
 
 @register_attention("linear")
 class LinearAttention(LinearAttentionCore):
-    def __init__(self, num_heads: int, head_dim: int, *, chunk_size: int = 64, eps: float = 1.0e-6):
+    def __init__(self, num_heads: int, head_dim: int, *, chunk_size: ChunkSize = 64, eps: Eps = 1.0e-6):
         super().__init__(num_heads, head_dim, EluFeatureMap(), chunk_size=chunk_size, eps=eps)

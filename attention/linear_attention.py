@@ -20,15 +20,18 @@ that scale, so a causal output never depends on future keys, and chunked, recurr
 """
 from __future__ import annotations
 
-from typing import ClassVar, NamedTuple
+from typing import Annotated, ClassVar, NamedTuple
 
 import torch
 from torch import Tensor, nn
 
-from lab.registry import ConfigError
+from lab.registry import AtLeast
 
 from .base import AttentionCore, allowed_keys, at_least_float32, zero_padded_rows
 
+
+ChunkSize = Annotated[int, AtLeast(1)]  # the mechanisms' `chunk_size` option: positions per block of the causal form
+Eps = Annotated[float, AtLeast(0.0)]  # their `eps` option: added to the normaliser
 
 class FeatureMap(nn.Module):
     """φ: (B, H, N, d) -> (B, H, N, D) non-negative features, applied to queries and keys alike.
@@ -60,10 +63,6 @@ class LinearAttentionCore(AttentionCore):
 
     def __init__(self, num_heads: int, head_dim: int, feature_map: FeatureMap, *, chunk_size: int, eps: float):
         super().__init__(num_heads, head_dim)
-        if chunk_size < 1:
-            raise ConfigError(f"attention.chunk_size must be a positive integer, got {chunk_size}")
-        if eps < 0:
-            raise ConfigError(f"attention.eps must be >= 0, got {eps}")
         self.feature_map = feature_map
         self.chunk_size = chunk_size
         self.eps = eps

@@ -24,10 +24,12 @@ is no per-iteration convergence check (no host sync).
 """
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
 from torch import Tensor, nn
 
-from lab.registry import ConfigError
+from lab.registry import Above, AtLeast
 
 from .base import AttentionCore
 from .registry import register_attention
@@ -41,15 +43,10 @@ class LOTFormerAttention(AttentionCore):
     doubly_stochastic = True
     complexity = "linear"
 
-    def __init__(self, num_heads: int, head_dim: int, *, num_pivots: int = 32, eps: float = 1.0,
-                 half_steps: int = 5, learn_masses: bool = True, mass_temperature: float = 0.5):
+    def __init__(self, num_heads: int, head_dim: int, *, num_pivots: Annotated[int, AtLeast(1)] = 32,
+                 eps: Annotated[float, Above(0)] = 1.0, half_steps: Annotated[int, AtLeast(1)] = 5,
+                 learn_masses: bool = True, mass_temperature: Annotated[float, Above(0)] = 0.5):
         super().__init__(num_heads, head_dim)
-        for option, value in (("num_pivots", num_pivots), ("half_steps", half_steps)):
-            if value < 1:
-                raise ConfigError(f"attention.{option} must be >= 1, got {value}")
-        for option, value in (("eps", eps), ("mass_temperature", mass_temperature)):
-            if value <= 0:
-                raise ConfigError(f"attention.{option} must be > 0, got {value}")
         self.num_pivots, self.eps, self.half_steps = num_pivots, eps, half_steps
         self.learn_masses, self.mass_temperature = learn_masses, mass_temperature
         self.pivots = nn.Parameter(torch.randn(num_heads, num_pivots, head_dim) * head_dim ** -0.5)  # (H, r, D)

@@ -29,16 +29,16 @@ over the inputs where a unit is active, i.e. over a run of intervals, so they co
 from __future__ import annotations
 
 import math
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
 from lab.hooks import mean_across_ranks
-from lab.registry import ConfigError
+from lab.registry import AtLeast
 
-from .linear_attention import FeatureMap, LinearAttentionCore, finite_or_zero
+from .linear_attention import ChunkSize, Eps, FeatureMap, LinearAttentionCore, finite_or_zero
 from .registry import register_attention
 
 ENVELOPE_BOUND = 10.0  # |log h(x)| <= this: h stays within a factor e^10 of 1
@@ -147,12 +147,10 @@ class LunaFeatureMap(FeatureMap):
 
 @register_attention("luna")
 class LunaAttention(LinearAttentionCore):
-    def __init__(self, num_heads: int, head_dim: int, *, num_features: int = 16, num_channels: int = 4,
-                 hidden: int = 64, envelope: Literal["none", "learned"] = "none", revive_dead_channels: bool = False,
-                 chunk_size: int = 64, eps: float = 1.0e-6):
-        for name, value in (("num_features", num_features), ("num_channels", num_channels), ("hidden", hidden)):
-            if value < 1:
-                raise ConfigError(f"attention.{name} must be a positive integer, got {value}")
+    def __init__(self, num_heads: int, head_dim: int, *, num_features: Annotated[int, AtLeast(1)] = 16,
+                 num_channels: Annotated[int, AtLeast(1)] = 4, hidden: Annotated[int, AtLeast(1)] = 64,
+                 envelope: Literal["none", "learned"] = "none", revive_dead_channels: bool = False,
+                 chunk_size: ChunkSize = 64, eps: Eps = 1.0e-6):
         feature_map = LunaFeatureMap(head_dim, num_features, num_channels, hidden, envelope=envelope,
                                      revive_dead_channels=revive_dead_channels)
         super().__init__(num_heads, head_dim, feature_map, chunk_size=chunk_size, eps=eps)

@@ -14,13 +14,14 @@ training forward.
 from __future__ import annotations
 
 import math
+from typing import Annotated
 
 import torch
 from torch import Tensor
 
-from lab.registry import ConfigError
+from lab.registry import AtLeast
 
-from .linear_attention import FeatureMap, LinearAttentionCore
+from .linear_attention import ChunkSize, Eps, FeatureMap, LinearAttentionCore
 from .registry import register_attention
 
 
@@ -57,10 +58,8 @@ class FavorFeatureMap(FeatureMap):
 
 @register_attention("performer")
 class PerformerAttention(LinearAttentionCore):
-    def __init__(self, num_heads: int, head_dim: int, *, num_features: int = 128, redraw: bool = False,
-                 chunk_size: int = 64, eps: float = 1.0e-6):
-        if num_features < 1:
-            raise ConfigError(f"attention.num_features must be a positive integer, got {num_features}")
+    def __init__(self, num_heads: int, head_dim: int, *, num_features: Annotated[int, AtLeast(1)] = 128,
+                 redraw: bool = False, chunk_size: ChunkSize = 64, eps: Eps = 1.0e-6):
         super().__init__(num_heads, head_dim, FavorFeatureMap(head_dim, num_features), chunk_size=chunk_size, eps=eps)
         self.redraw = redraw
 

@@ -19,9 +19,11 @@ no causal variant either.
 """
 from __future__ import annotations
 
+from typing import Annotated
+
 from torch import Tensor
 
-from lab.registry import ConfigError
+from lab.registry import Above, AtLeast
 
 from .base import AttentionCore
 from .registry import register_attention
@@ -35,12 +37,9 @@ class SinkhornAttention(AttentionCore):
     doubly_stochastic = True
     complexity = "quadratic"
 
-    def __init__(self, num_heads: int, head_dim: int, *, iters: int = 3, eps: float = 1.0):
+    def __init__(self, num_heads: int, head_dim: int, *, iters: Annotated[int, AtLeast(1)] = 3,
+                 eps: Annotated[float, Above(0)] = 1.0):
         super().__init__(num_heads, head_dim)
-        if iters < 1:
-            raise ConfigError(f"attention.iters must be >= 1 (Sinkhorn half-steps), got {iters}")
-        if eps <= 0:
-            raise ConfigError(f"attention.eps must be > 0 (entropic regularisation), got {eps}")
         self.iters = iters
         self.eps = eps
 

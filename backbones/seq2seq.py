@@ -23,7 +23,7 @@ each head's width in every block.
 from __future__ import annotations
 
 import math
-from typing import NamedTuple
+from typing import Annotated, NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from attention import AttentionSpec, get_attention, list_attentions
 from attention.registry import ATTENTIONS
-from lab.registry import ConfigError
+from lab.registry import AtLeast, Below, ConfigError
 
 from . import register_backbone
 from .blocks import Encoder, TransformerBlock
@@ -77,20 +77,15 @@ def select_rows(state, index: Tensor):
 
 @register_backbone("seq2seq")
 class Seq2Seq(nn.Module):
-    def __init__(self, *, vocab_size: int, attention: AttentionSpec, dim: int = 256, encoder_depth: int = 3,
-                 decoder_depth: int = 3, num_heads: int = 4, head_dim: int | None = None, mlp_ratio: float = 2.0,
-                 dropout: float = 0.1,
+    def __init__(self, *, vocab_size: int, attention: AttentionSpec, dim: Annotated[int, AtLeast(1)] = 256,
+                 encoder_depth: Annotated[int, AtLeast(1)] = 3, decoder_depth: Annotated[int, AtLeast(1)] = 3,
+                 num_heads: Annotated[int, AtLeast(1)] = 4, head_dim: int | None = None, mlp_ratio: float = 2.0,
+                 dropout: Annotated[float, AtLeast(0), Below(1)] = 0.1,
                  decoder_attention: str = "softmax", cross_attention: str = "softmax",
                  share_embeddings: bool = True):
         super().__init__()
-        for key, value in (("dim", dim), ("encoder_depth", encoder_depth), ("decoder_depth", decoder_depth),
-                           ("num_heads", num_heads)):
-            if value < 1:
-                raise ConfigError(f"model.{key} must be a positive integer, got {value}")
         if head_dim is None and dim % num_heads:
             raise ConfigError(f"model.dim {dim} is not divisible by model.num_heads {num_heads}")
-        if not 0.0 <= dropout < 1.0:
-            raise ConfigError(f"model.dropout must be in [0, 1), got {dropout}")
         decoder_attention = causal_mechanism(decoder_attention, "decoder_attention")
         cross_attention = causal_mechanism(cross_attention, "cross_attention")
         self.dim = dim

@@ -44,13 +44,13 @@ Diagnostics logged after each step, besides swe's costs: `cswe/cost_soft_mean`, 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
 from torch import Tensor
 
 from lab.checkpoint import load_checkpoint
-from lab.registry import ConfigError
+from lab.registry import Above, AtLeast, ConfigError
 
 from .base import register_pooling
 from .sliced import SlicedSets, dense_coupling, quantile_coupling
@@ -60,25 +60,19 @@ from .swgg import soft_swgg
 
 @register_pooling("cswe")
 class ConstrainedSWEPooling(SWEPooling):
-    def __init__(self, dim: int, *, num_slices: int = 32, num_refs: int = 100,
-                 output: Literal["concat", "flatten"] = "concat", tau: float = 1.0, dual_lr: float = 0.01,
-                 eps: float | Literal["auto"] = "auto", eps_from: str | None = None, eps_fraction: float = 0.5,
-                 auto_eps_batches: int = 10, relaxation: Literal["softsort", "lapsum"] = "softsort",
-                 relaxation_temperature: float = 1.0, soft_cost_sets: int = 0, constrain_inputs: bool = False):
+    def __init__(self, dim: int, *, num_slices: Annotated[int, AtLeast(1)] = 32,
+                 num_refs: Annotated[int, AtLeast(1)] = 100, output: Literal["concat", "flatten"] = "concat",
+                 tau: Annotated[float, Above(0)] = 1.0, dual_lr: Annotated[float, AtLeast(0)] = 0.01,
+                 eps: float | Literal["auto"] = "auto", eps_from: str | None = None,
+                 eps_fraction: Annotated[float, Above(0)] = 0.5, auto_eps_batches: Annotated[int, AtLeast(1)] = 10,
+                 relaxation: Literal["softsort", "lapsum"] = "softsort",
+                 relaxation_temperature: Annotated[float, Above(0)] = 1.0,
+                 soft_cost_sets: Annotated[int, AtLeast(0)] = 0, constrain_inputs: bool = False):
         super().__init__(dim, num_slices=num_slices, num_refs=num_refs, output=output)
         if eps != "auto" and eps < 0:
             raise ConfigError(f"pooling.eps must be 'auto' or a number >= 0, got {eps!r}")
         if eps_from is not None and eps != "auto":
             raise ConfigError(f"pooling: give eps ({eps}) or eps_from ({eps_from}), not both")
-        for name, value in (("tau", tau), ("relaxation_temperature", relaxation_temperature),
-                            ("eps_fraction", eps_fraction), ("auto_eps_batches", auto_eps_batches)):
-            if value <= 0:
-                raise ConfigError(f"pooling.{name} must be > 0, got {value}")
-        if dual_lr < 0:
-            raise ConfigError(f"pooling.dual_lr must be >= 0, got {dual_lr}")
-        if soft_cost_sets < 0:
-            raise ConfigError(f"pooling.soft_cost_sets must be >= 0 (0 = every set of the batch), "
-                              f"got {soft_cost_sets}")
         self.tau, self.dual_lr, self.relaxation, self.relaxation_temperature = tau, dual_lr, relaxation, \
             relaxation_temperature
         self.auto_eps = eps == "auto" and eps_from is None

@@ -9,22 +9,22 @@ The attention comes from the registry; a mechanism that cannot cross-attend is r
 """
 from __future__ import annotations
 
+from typing import Annotated
+
 import torch
 from torch import Tensor, nn
 
 from attention.multihead import MultiHeadAttention
-from lab.registry import ConfigError
+from lab.registry import AtLeast
 
 from .base import Pooling, register_pooling
 
 
 @register_pooling("pma")
 class PMAPooling(Pooling):
-    def __init__(self, dim: int, *, num_seeds: int = 1, num_heads: int = 4, head_dim: int | None = None,
-                 attention: str = "softmax"):
+    def __init__(self, dim: int, *, num_seeds: Annotated[int, AtLeast(1)] = 1, num_heads: int = 4,
+                 head_dim: int | None = None, attention: str = "softmax"):
         super().__init__(dim)
-        if num_seeds < 1:
-            raise ConfigError(f"pooling.num_seeds must be >= 1, got {num_seeds}")
         self.seeds = nn.Parameter(torch.randn(num_seeds, dim) * dim ** -0.5)  # (k, dim)
         self.norm_set = nn.LayerNorm(dim)
         self.attn = MultiHeadAttention(dim, num_heads, attention, cross=True, head_dim=head_dim)

@@ -19,7 +19,7 @@ over the slices: near 0, the slice directions barely matter) and `<prefix>/cost_
 """
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 import torch
 import torch.nn.functional as F
@@ -27,7 +27,7 @@ from torch import Tensor, nn
 
 from attention.base import at_least_float32
 from lab.hooks import StepMeans
-from lab.registry import ConfigError
+from lab.registry import AtLeast
 
 from .base import Pooling, register_pooling
 from .sliced import SlicedSets, quantile_coupling, quantile_resample, sort_valid_first, valid_counts
@@ -38,12 +38,9 @@ COST_RECORD_DECAY = 0.98  # hard_cost_record: weight of a step's cost falls by t
 
 @register_pooling("swe")
 class SWEPooling(Pooling):
-    def __init__(self, dim: int, *, num_slices: int = 32, num_refs: int = 100,
-                 output: Literal["concat", "flatten"] = "concat"):
+    def __init__(self, dim: int, *, num_slices: Annotated[int, AtLeast(1)] = 32,
+                 num_refs: Annotated[int, AtLeast(1)] = 100, output: Literal["concat", "flatten"] = "concat"):
         super().__init__(dim)
-        if num_slices < 1 or num_refs < 1:
-            raise ConfigError(f"pooling.num_slices and pooling.num_refs must be >= 1, got {num_slices} and "
-                              f"{num_refs}")
         self.num_slices, self.num_refs, self.output = num_slices, num_refs, output
         self.slice_directions = nn.Parameter(nn.init.orthogonal_(torch.empty(num_slices, dim)))  # (L, C)
         self.references = nn.Parameter(torch.randn(num_refs, dim))  # (M, C)
