@@ -79,7 +79,7 @@ test: $(STAMP)  ## run the test suite (what CI runs)
 bench: $(STAMP)  ## attention time/memory scaling table + plot: make bench [BENCH_ARGS="--attentions softmax,luna --lengths 1024,4096"]
 	$(PY) -m bench.attention $(BENCH_ARGS)
 
-parity: $(STAMP)  ## every mechanism (+ paper presets) vs softmax at one budget per task, 3 seeds -> reports/parity/ (~50 min a seed)
+parity: $(STAMP)  ## every mechanism (+ paper presets) vs softmax at one budget per task, 3 seeds, 2 runs at once -> reports/parity/
 	$(PY) -m bench.parity $(PARITY_ARGS)
 
 clean:  ## remove caches and the virtualenv (keeps data/, runs/ and mlflow.db)

@@ -1,16 +1,17 @@
 """`make parity`: how each attention mechanism learns against softmax, at one fixed budget per task (issue 16).
 
-    make parity                                        # the default budget below: 3 seeds, ~2.5 h on one thread
+    make parity                                        # the default budget below: 3 seeds, 2 runs at once
     make parity PARITY_ARGS="--tasks cifar10 --seeds 0"
     python -m bench.parity [--tasks cifar10,modelnet40,protein] [--attentions softmax,lotformer,...]
-                           [--seeds 0,1,2] [--data-root ./data/parity] [--out reports/parity]
+                           [--seeds 0,1,2] [--jobs 2] [--data-root ./data/parity] [--out reports/parity]
 
 Per task, rows: every registered mechanism, the paper presets whose setting fits the task's backbone
 (`configs/experiment/`, e.g. `lotformer_deit`: LOTFormer with its DeiT extras), and a floor, the same model
 with no attention block (depth 0). Every row trains the same budget (`BUDGETS`) for each seed, as ordinary
 tracked `train.py` runs through the sweep runner (`evaluation.sweep`: one sweep per task, id
 `parity-<task>-<hash of the budget>`; the same command again skips finished runs and resumes an interrupted
-one), one after another on one thread. Each run gets the tag `parity` = its row. Then the report
+one), each on one thread, `--jobs` of them at once (`bench/shards.py`: one process per share of the runs;
+default 2, or 1 on a one-core machine). Each run gets the tag `parity` = its row. Then the report
 (`bench/parity_report.py`): test accuracy mean ± std over seeds, the difference to softmax, seconds per epoch,
 in `<out>/parity.{md,json,png}`. The synthetic stand-ins are written under `--data-root` (never into the
 folder where the real datasets live); SCL2205 is real and ships in the `p-scldata` wheel.
@@ -23,6 +24,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
+import os
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +38,8 @@ from lab.config import PROJECT_ROOT, experiment_names, group_file, load_yaml
 from lab.download import DataError
 from lab.registry import ConfigError
 from tasks import TASKS
+
+from .shards import parse_shard, run_shards, take
 
 NO_ATTENTION = "no attention block"
 QUIET = ("tracking.system_metrics=false", "tracking.diagnostics_every=0", "resume=auto")
@@ -144,6 +148,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--data-root", default=str(PROJECT_ROOT / "data" / "parity"),
                         help="where the synthetic stand-ins are written")
     parser.add_argument("--out", default=str(PROJECT_ROOT / "reports" / "parity"))
+    parser.add_argument("--jobs", type=int, default=min(2, os.cpu_count() or 1),
+                        help="runs trained at once, each in its own process on one thread (default: 2)")
+    parser.add_argument("--shard", help=argparse.SUPPRESS)  # i/N: this process trains only its share (internal)
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     try:
@@ -157,24 +164,38 @@ def main(argv: list[str] | None = None) -> int:
         if not all(seed.lstrip("-").isdigit() for seed in words(args.seeds)) or not words(args.seeds):
             raise ConfigError(f"--seeds takes integers, got '{args.seeds}'")
         seeds = [int(seed) for seed in words(args.seeds)]
+        if args.jobs < 1:
+            raise ConfigError(f"--jobs must be >= 1, got {args.jobs}")
+        shard = parse_shard(args.shard) if args.shard else None
         data_root = Path(args.data_root)
         sweeps = {}
         for task in tasks:
-            prepare_data(task, BUDGETS[task], data_root)
+            if shard is None:  # the shards read what the parent wrote
+                prepare_data(task, BUDGETS[task], data_root)
             sweeps[task] = plan_task(task, BUDGETS[task], attentions, seeds, data_root)
     except (ConfigError, DataError) as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
     from .parity_report import write_report
 
+    reports = {task: (identifier, BUDGETS[task]) for task, (identifier, _) in sweeps.items()}
+    if shard is None and args.jobs > 1:
+        own = sys.argv[1:] if argv is None else argv
+        code = run_shards([[sys.executable, "-m", "bench.parity", *own, "--shard", f"{index}/{args.jobs}"]
+                           for index in range(args.jobs)])
+        write_report(reports, Path(args.out))
+        return code
     code = 0
     for task, (identifier, cells) in sweeps.items():
+        if shard is not None:
+            cells = take(cells, shard)
         print(f"== parity {task}: {len(cells)} runs ({BUDGETS[task].describe})", flush=True)
         code = run_sweep(identifier, [cell for cell, _ in cells]) or code
         tag_rows(cells)
         if code > 1:  # interrupted: report what there is, then stop
             break
-    write_report({task: (identifier, BUDGETS[task]) for task, (identifier, _) in sweeps.items()}, Path(args.out))
+    if shard is None:
+        write_report(reports, Path(args.out))
     return code
 
 

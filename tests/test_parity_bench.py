@@ -4,14 +4,22 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import signal
 import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
 
 import pytest
 
 import bench.parity as parity
+from bench.shards import parse_shard, run_shards, take
+from lab.registry import ConfigError
 from tasks.cifar import Cifar10
 from tasks.synthetic_cifar import write_synthetic_cifar
 
+PROJECT = Path(__file__).resolve().parent.parent
 TINY = ("task=cifar10", "model.dim=16", "model.depth=1", "model.num_heads=2", "trainer.batch_size=16",
         "trainer.epochs=1", "trainer.max_steps=2")
 
@@ -32,7 +40,7 @@ def test_rows_are_tracked_tagged_and_reported_against_softmax(tmp_path, tiny_bud
     monkeypatch.setenv("MLFLOW_TRACKING_URI", store)
     monkeypatch.chdir(tmp_path)  # the runs' checkpoints go to ./runs
     args = ["--tasks", "cifar10", "--attentions", "luna,linear", "--seeds", "0,1", "--data-root", str(tmp_path / "data"),
-            "--out", str(tmp_path / "out")]
+            "--out", str(tmp_path / "out"), "--jobs", "1"]  # in this process: shards would not see the tiny budget
     assert parity.main(args) == 0
     runs = MlflowClient(store).search_runs([MlflowClient(store).get_experiment_by_name("cifar10").experiment_id])
     expected = {"softmax", "luna", "lotformer_deit", parity.NO_ATTENTION}
@@ -71,3 +79,26 @@ def test_bad_arguments_exit_2_before_anything_runs(tmp_path, tiny_budget, capsys
     assert "softmax" in capsys.readouterr().err
     assert parity.main(["--seeds", "a", "--out", str(tmp_path / "out")]) == 2
     assert not (tmp_path / "out").exists()
+
+
+def test_shards_split_the_plan_and_their_exit_codes_combine(tmp_path):
+    assert parse_shard("1/3") == (1, 3) and take(list(range(8)), (1, 3)) == [1, 4, 7]
+    assert sorted(take(range(8), (0, 2)) + take(range(8), (1, 2))) == list(range(8))
+    for bad in ("3/3", "a/2", "1"):
+        with pytest.raises(ConfigError, match="--shard takes i/N"):
+            parse_shard(bad)
+    python = [sys.executable, "-c"]
+    assert run_shards([[*python, "pass"], [*python, "pass"]]) == 0
+    assert run_shards([[*python, "pass"], [*python, "raise SystemExit(1)"]]) == 1
+    assert run_shards([[*python, "raise SystemExit(1)"], [*python, "raise SystemExit(130)"]]) == 130
+
+
+def test_sigterm_to_the_parent_stops_every_shard(tmp_path):
+    """Two shards that would sleep a minute: SIGTERM to the parent reaches both; it returns 128 + 15 at once."""
+    sleeper = [sys.executable, "-c", "import time; time.sleep(60)"]
+    parent = subprocess.Popen([sys.executable, "-c", f"import sys; from bench.shards import run_shards; "
+                               f"sys.exit(run_shards([{sleeper!r}, {sleeper!r}]))"], cwd=PROJECT)
+    time.sleep(2)
+    started = time.time()
+    parent.send_signal(signal.SIGTERM)
+    assert parent.wait(timeout=30) == 128 + signal.SIGTERM and time.time() - started < 10
