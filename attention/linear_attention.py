@@ -29,9 +29,9 @@ from lab.registry import AtLeast
 
 from .base import AttentionCore, allowed_keys, at_least_float32, zero_padded_rows
 
-
 ChunkSize = Annotated[int, AtLeast(1)]  # the mechanisms' `chunk_size` option: positions per block of the causal form
 Eps = Annotated[float, AtLeast(0.0)]  # their `eps` option: added to the normaliser
+
 
 class FeatureMap(nn.Module):
     """φ: (B, H, N, d) -> (B, H, N, D) non-negative features, applied to queries and keys alike.
