@@ -92,10 +92,13 @@ def store_lock(uri: str):
     """Hold an exclusive lock beside a sqlite store while it is opened (MLflow creates and migrates its tables
     on first use: two runs starting at once on a new file otherwise fail in alembic's migration) and while an
     experiment is looked up or created. Other stores serialise themselves."""
-    if not uri.startswith("sqlite:///"):
+    try:
+        import fcntl
+    except ImportError:  # not POSIX (Windows): no lock, as before
+        fcntl = None
+    if fcntl is None or not uri.startswith("sqlite:///"):
         yield
         return
-    import fcntl
 
     database = Path(uri[len("sqlite:///"):])
     database.parent.mkdir(parents=True, exist_ok=True)  # as MLflow would; check_store saw no file in the way
