@@ -10,9 +10,9 @@ padded to its longest sequence gives every sequence the logits it would get alon
 """
 from __future__ import annotations
 
-import torch
 from typing import ClassVar
 
+import torch
 from torch import Tensor, nn
 
 from attention import AttentionSpec

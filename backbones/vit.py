@@ -36,8 +36,8 @@ class ViT(nn.Module):
     def __init__(self, *, num_classes: int, image_size: int, in_channels: int, attention: AttentionSpec,
                  pooling: PoolingSpec, patch_size: int = 4, dim: int = 192, depth: int = 6,
                  num_heads: int = 4, head_dim: int | None = None, mlp_ratio: float = 2.0, dropout: float = 0.0,
-                 qkv_bias: bool = False, norm_eps: Annotated[float, Above(0.0)] = 1e-5, local_conv: Annotated[int, AtLeast(0)] = 0,
-                 key_pos: bool = False, special_tokens_attention: str | None = None):
+                 qkv_bias: bool = False, norm_eps: Annotated[float, Above(0.0)] = 1e-5,
+                 local_conv: Annotated[int, AtLeast(0)] = 0, key_pos: bool = False, special_tokens_attention: str | None = None):
         super().__init__()
         if image_size % patch_size:
             raise ConfigError(f"image_size {image_size} is not divisible by model.patch_size {patch_size}")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from attention.registry import ATTENTIONS
 from evaluation.document import Heading, Paragraph, Table, to_markdown
-from evaluation.figures import bar_chart
+from evaluation.figures import bar_chart, headless_pyplot
 from evaluation.rows import RunRecord, mean_std
 from evaluation.store import UNSET, client_for, find_runs, store_exists, store_uri
 from lab.tracking import git_commit
@@ -72,11 +72,7 @@ def markdown_table(rows: list[dict]) -> Table:
 
 
 def plot(tables: dict[str, list[dict]], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = headless_pyplot()
     fig, axes = plt.subplots(len(tables), 1, figsize=(11, 3.2 * len(tables)), squeeze=False)
     for ax, (task, rows) in zip(axes[:, 0], tables.items()):
         bar_chart(f"{task}: {METRIC} (mean ± std over seeds)", METRIC, [row["row"] for row in rows],

@@ -7,7 +7,8 @@ import math
 import numpy as np
 
 
-def _pyplot():
+def headless_pyplot():
+    """matplotlib's pyplot on the Agg backend (no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -21,7 +22,7 @@ def bar_chart(title: str, metric: str, labels: list[str], means: list[float], st
     """One bar per row: mean ± std over seeds (n under the label); a diamond for the paper's number. `ax`: draw
     into this panel of a larger figure instead of a figure of its own."""
     if ax is None:
-        plt = _pyplot()
+        plt = headless_pyplot()
         fig, ax = plt.subplots(figsize=(max(4.0, 0.9 * len(labels) + 1.5), 3.4))
     fig = ax.figure
     x = np.arange(len(labels))
@@ -46,7 +47,7 @@ def bar_chart(title: str, metric: str, labels: list[str], means: list[float], st
 
 def learning_curves(title: str, metric: str, curves: dict[str, list[list[tuple[int, float]]]]):
     """curves: row label -> one (step, value) history per seed. Mean over the seeds at the steps all share."""
-    plt = _pyplot()
+    plt = headless_pyplot()
     fig, ax = plt.subplots(figsize=(7.2, 3.4))
     for label, histories in curves.items():
         histories = [dict(history) for history in histories if history]

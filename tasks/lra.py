@@ -26,7 +26,7 @@ from torch.utils.data import Dataset
 
 from backbones import BACKBONES
 from backbones.dual_encoder import DualEncoder
-from lab.data import pad_batch, seeded_subset
+from lab.data import pad_batch
 from lab.download import DataError
 from lab.registry import ConfigError
 
@@ -174,7 +174,7 @@ class LraRetrieval(TokenClassificationTask):
         texts, splits = read_pairs(folder, self.max_length)
         documents = [byte_tokens(text, self.max_length) for text in texts]
         for split, pairs in splits.items():
-            keep = seeded_subset(len(pairs.labels), self.train_subset if split == "train" else 0)
+            keep = self.kept(split, len(pairs.labels))
             self.splits[split] = PairDataset(documents, torch.tensor(pairs.first)[keep],
                                              torch.tensor(pairs.second)[keep], torch.tensor(pairs.labels)[keep])
 

@@ -47,12 +47,15 @@ class TokenClassificationTask(ClassificationTask):
     def datasets(self):
         return self.splits
 
+    def kept(self, split: str, size: int) -> Tensor:
+        """Indices of the examples of `split` (of `size`) that are used: the training split is cut to a seeded
+        `train_subset`, the others stay whole."""
+        return seeded_subset(size, self.train_subset if split == "train" else 0)
+
     def split_dataset(self, split: str, tokens: list[Tensor], labels: Tensor) -> TensorDictDataset:
-        """The dataset of one split; the training split is cut to `train_subset` examples."""
-        if split == "train":
-            keep = seeded_subset(len(labels), self.train_subset)
-            tokens, labels = [tokens[i] for i in keep.tolist()], labels[keep]
-        return TensorDictDataset(tokens=tokens, labels=labels)
+        """The dataset of one split, cut by `kept`."""
+        keep = self.kept(split, len(labels))
+        return TensorDictDataset(tokens=[tokens[i] for i in keep.tolist()], labels=labels[keep])
 
     def collate(self, items: list[dict[str, Tensor]]) -> dict[str, Tensor]:
         tokens, padding_mask = pad_batch([item["tokens"] for item in items])  # (B, N), (B, N)
