@@ -78,6 +78,8 @@ def test_bad_arguments_exit_2_before_anything_runs(tmp_path, tiny_budget, capsys
     assert parity.main(["--attentions", "softmx", "--out", str(tmp_path / "out")]) == 2
     assert "softmax" in capsys.readouterr().err
     assert parity.main(["--seeds", "a", "--out", str(tmp_path / "out")]) == 2
+    assert parity.main(["--jobs", "0", "--out", str(tmp_path / "out")]) == 2
+    assert "--jobs must be >= 1, got 0" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
 
 
