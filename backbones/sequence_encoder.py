@@ -4,19 +4,24 @@ Generic over vocabularies (amino acids, SentencePiece pieces, bytes, ListOps sym
 intensities). The attention is chosen by name (`attention=`), the pooling from the registry (default:
 masked mean; a pooling that reads a CLS token gets one prepended). `head_dim` (default dim / num_heads)
 sets each head's width. The head is linear, or with `head_hidden > 0` the Long Range Arena harness's
-two-layer MLP (Linear, ReLU, Linear). Padding never influences the valid positions' outputs, so a batch
+two-layer MLP (Linear, ReLU, Linear). Token embeddings and learned positions start random with
+std `embedding_std` (0.02, the LRA harness's), or the positions with `position_init: grid_sincos` from a 2-D
+sine-cosine code of a square image's pixels at that std (still learned).
+Padding never influences the valid positions' outputs, so a batch
 padded to its longest sequence gives every sequence the logits it would get alone. `dual_encoder`
 (backbones/dual_encoder.py) runs one such encoder over two sequences.
 """
 from __future__ import annotations
 
-from typing import ClassVar
+import math
+from typing import Annotated, ClassVar, Literal
 
 import torch
 from torch import Tensor, nn
 
 from attention import AttentionSpec
 from attention.pooling import PoolingSpec, build_pooling
+from lab.registry import Above, ConfigError
 
 from . import register_backbone
 from .blocks import Encoder
@@ -41,19 +46,42 @@ def classifier_head(in_dim: int, num_classes: int, hidden: int = 0) -> nn.Module
     return nn.Sequential(nn.Linear(in_dim, hidden), nn.ReLU(), nn.Linear(hidden, num_classes))
 
 
+def grid_sincos(length: int, dim: int, std: float) -> Tensor:
+    """(length, dim) codes of the pixels of a square image (row-major; `length` a square): for the row and
+    for the column, sines and cosines at `dim` / 4 frequencies from 1 to 1/100 per pixel (leftover dims 0),
+    scaled so that the entries' standard deviation is `std`. Nearby pixels get similar codes."""
+    side = math.isqrt(length)
+    if side * side != length or dim < 4:
+        raise ConfigError(f"model.position_init=grid_sincos needs a square number of positions (an image's "
+                          f"pixels) and dim >= 4, got {length} positions and dim {dim}")
+    quarter = dim // 4
+    frequencies = 100.0 ** (-torch.arange(quarter) / quarter)  # (Q,)
+    rows, cols = torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij")  # (S, S) each
+    angles = [axis.reshape(-1, 1) * frequencies for axis in (rows, cols)]  # 2 x (length, Q)
+    table = torch.cat([wave(a) for a in angles for wave in (torch.sin, torch.cos)], dim=1)  # (length, 4Q)
+    table = nn.functional.pad(table, (0, dim - 4 * quarter))  # (length, dim)
+    return table * (std / table.std())
+
+
 @register_backbone("sequence_encoder")
 class SequenceEncoder(nn.Module):
     pooled_per_example: ClassVar[int] = 1  # pooled vectors the head reads per example (a dual encoder: 4)
 
     def __init__(self, *, num_classes: int, vocab_size: int, max_length: int, attention: AttentionSpec,
                  pooling: PoolingSpec, dim: int = 128, depth: int = 2, num_heads: int = 4, head_dim: int | None = None,
-                 mlp_ratio: float = 2.0, dropout: float = 0.0, head_hidden: int = 0):
+                 mlp_ratio: float = 2.0, dropout: float = 0.0, head_hidden: int = 0,
+                 position_init: Literal["normal", "grid_sincos"] = "normal",
+                 embedding_std: Annotated[float, Above(0)] = 0.02):
         super().__init__()
         self.max_length = max_length
         self.token_embed = nn.Embedding(vocab_size, dim)
         self.pos_embed = nn.Parameter(torch.zeros(1, max_length, dim))
-        nn.init.normal_(self.token_embed.weight, std=0.02)
-        nn.init.normal_(self.pos_embed, std=0.02)
+        nn.init.normal_(self.token_embed.weight, std=embedding_std)
+        with torch.no_grad():
+            if position_init == "grid_sincos":
+                self.pos_embed.copy_(grid_sincos(max_length, dim, embedding_std))
+            else:
+                nn.init.normal_(self.pos_embed, std=embedding_std)
         self.pool = build_pooling(pooling_or_default(pooling), dim=dim)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, dim)) if self.pool.needs_cls_token else None
         self.dropout = nn.Dropout(dropout)

@@ -17,8 +17,9 @@ member and masked, which gives the same outputs as the harness's fixed-length pa
 """
 from __future__ import annotations
 
+import math
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
 import numpy as np
 import torch
@@ -28,7 +29,7 @@ from backbones import BACKBONES
 from backbones.dual_encoder import DualEncoder
 from lab.data import pad_batch
 from lab.download import DataError
-from lab.registry import ConfigError
+from lab.registry import AtLeast, ConfigError
 
 from . import register_task
 from .aan import FILES as AAN_FILES, read_pairs
@@ -224,29 +225,45 @@ class LraImage(TokenClassificationTask):
             self.splits[split] = self.split_dataset(split, list(grayscale(dataset.images)), dataset.labels)
 
 
+Difficulty = Literal["curv_contour_length_14", "curv_contour_length_9", "curv_baseline"]
+
+
+def max_pooled(pixels: torch.Tensor, k: int) -> torch.Tensor:
+    """(N, S * S) uint8 square images, row-major -> (N, (S / k)^2): the brightest pixel of each k x k block."""
+    if k == 1:
+        return pixels
+    side = math.isqrt(pixels.shape[1])
+    blocks = pixels.reshape(-1, side // k, k, side // k, k)  # (N, rows, k, cols, k)
+    return blocks.amax(dim=(2, 4)).reshape(len(pixels), -1)
+
+
 @register_task("lra_pathfinder")
 class LraPathfinder(TokenClassificationTask):
     """Pathfinder-32, `difficulty` curv_contour_length_14 (LRA's), 1,024 pixel tokens. Split as the PyTorch
     LRA harness of Nyströmformer, Skyformer and LOTFormer does: all usable images shuffled, then 80% /
-    10% / 10% (160k / 20k / 20k); their shuffle is unseeded, ours is seeded (`split_seed`)."""
+    10% / 10% (160k / 20k / 20k); their shuffle is unseeded, ours is seeded (`split_seed`). `downsample` k > 1
+    (CPU presets only, not LRA) max-pools k x k pixel blocks: (32 / k)^2 tokens, a dashed curve stays one."""
 
     vocab_size = 256
     class_names = ["apart", "joined"]
 
     def __init__(self, *, data_root: Path, download: bool,
-                 difficulty: Literal["curv_contour_length_14", "curv_contour_length_9", "curv_baseline"] =
-                 "curv_contour_length_14", split_seed: int = 0, train_subset: int = 0):
-        super().__init__(data_root=data_root, download=download, max_length=32 * 32, train_subset=train_subset)
-        self.difficulty, self.split_seed = difficulty, split_seed
+                 difficulty: Difficulty = "curv_contour_length_14", split_seed: int = 0, train_subset: int = 0,
+                 downsample: Literal[1, 2, 4] = 1):
+        side = 32 // downsample
+        super().__init__(data_root=data_root, download=download, max_length=side * side, train_subset=train_subset)
+        self.difficulty, self.split_seed, self.downsample = difficulty, split_seed, downsample
 
     @classmethod
     def prepare(cls, root: Path, *, synthetic: bool = False, download: bool = True,
-                difficulty: str = "curv_contour_length_14") -> None:
+                difficulty: Difficulty = "curv_contour_length_14", count: Annotated[int, AtLeast(10)] = 2000) -> None:
+        """The release's `difficulty` folder, or with `synthetic` `count` stand-in images drawn at it."""
         root = Path(root)
         if synthetic:
-            from .synthetic_pathfinder import write_synthetic_pathfinder
+            from .synthetic_pathfinder import SHAPES, write_synthetic_pathfinder
 
-            write_synthetic_pathfinder(root / "lra_release" / "pathfinder32" / difficulty)
+            write_synthetic_pathfinder(root / "lra_release" / "pathfinder32" / difficulty, count=count,
+                                       **SHAPES[difficulty])
         elif cls.folder(root, difficulty) is None:
             extract_folder(root, f"pathfinder32/{difficulty}", download=download, what="lra_pathfinder")
 
@@ -263,7 +280,7 @@ class LraPathfinder(TokenClassificationTask):
         pixels, labels = load_cached(folder)
         order = torch.randperm(len(labels), generator=torch.Generator().manual_seed(self.split_seed))
         train_end, val_end = int(0.8 * len(order)), int(0.9 * len(order))
-        pixels, labels = torch.from_numpy(pixels), torch.from_numpy(labels)
+        pixels, labels = max_pooled(torch.from_numpy(pixels), self.downsample), torch.from_numpy(labels)
         for split, part in (("train", order[:train_end]), ("val", order[train_end:val_end]),
                             ("test", order[val_end:])):
             self.splits[split] = self.split_dataset(split, list(pixels[part]), labels[part])

@@ -24,6 +24,13 @@ from pathlib import Path
 import numpy as np
 
 SIZE = 32
+# The release's three difficulties, as this stand-in draws them (`image` options): shorter curves with dots
+# closer together and fewer distractors are easier, as in the release (6, 9 and 14 paddles per curve).
+SHAPES = {
+    "curv_baseline": {"curve_length": 10, "min_separation": 6.0, "max_separation": 8.0, "distractors": 1},
+    "curv_contour_length_9": {"curve_length": 14, "min_separation": 9.0, "max_separation": 11.0, "distractors": 2},
+    "curv_contour_length_14": {"curve_length": 18, "min_separation": 12.0, "max_separation": 14.0, "distractors": 2},
+}
 
 
 class Canvas:
@@ -156,6 +163,7 @@ def write_synthetic_pathfinder(folder: Path, count: int = 2000, per_batch: int =
         lines = []
         for index in range(start, min(start + per_batch, count)):
             Image.fromarray(images[int(labels[index])].pop()).save(subdir / f"sample_{index}.png")
-            lines.append(f"imgs/{batch} sample_{index}.png {index} {labels[index]} 18 2\n")
+            lines.append(f"imgs/{batch} sample_{index}.png {index} {labels[index]} "
+                         f"{shape.get('curve_length', 18)} {shape.get('distractors', 2)}\n")
         (folder / "metadata" / f"{batch}.npy").write_text("".join(lines))
     return folder

@@ -81,3 +81,26 @@ def test_each_example_is_classified_independently_of_the_rest_of_the_batch(name)
         together = model(**batch)
         alone = torch.cat([model(**{key: value[i:i + 1] for key, value in batch.items()}) for i in range(B)])
     torch.testing.assert_close(together, alone, rtol=1e-4, atol=1e-5)
+
+
+def test_grid_sincos_positions_code_the_pixel_grid():
+    from backbones.sequence_encoder import SequenceEncoder, grid_sincos
+    from lab.registry import ConfigError
+
+    table = grid_sincos(16 * 16, 34, std=0.3)  # 34 = 4 x 8 + 2 leftover dims
+    assert table.shape == (256, 34) and torch.allclose(table.std(), torch.tensor(0.3))
+    assert torch.all(table[:, 32:] == 0)
+    codes = table.reshape(16, 16, 34)
+    # pixel (5, 5) is more like its neighbours than like pixels further away, along both axes
+    similarity = torch.nn.functional.cosine_similarity(codes, codes[5, 5], dim=-1)  # (16, 16)
+    assert similarity[5, 6] > similarity[5, 9] > similarity[5, 14]
+    assert similarity[6, 5] > similarity[9, 5] > similarity[14, 5]
+    assert not torch.allclose(codes[5, 6], codes[6, 5])  # rows and columns differ
+    model = SequenceEncoder(num_classes=2, vocab_size=256, max_length=256, attention=AttentionSpec("softmax", {}),
+                            pooling=PoolingSpec("max", {}), dim=16, depth=1, num_heads=2,
+                            position_init="grid_sincos", embedding_std=0.3)
+    assert torch.equal(model.pos_embed[0], grid_sincos(256, 16, std=0.3))
+    assert model.pos_embed.requires_grad
+    with pytest.raises(ConfigError, match="square number of positions"):
+        SequenceEncoder(num_classes=2, vocab_size=256, max_length=1000, attention=AttentionSpec("softmax", {}),
+                        pooling=PoolingSpec("mean", {}), dim=16, depth=1, num_heads=2, position_init="grid_sincos")

@@ -325,9 +325,42 @@ def test_retrieval_learns_the_relation_between_two_documents(tmp_path):
 
 def test_pathfinder_runs_through_the_trainer(tmp_path):
     """The reader, 1,024-token batches, training and the logged metrics; not a learning run: the harness
-    model stays at chance on the stand-in at its CPU preset (README, Long Range Arena)."""
+    model stays at chance on the stand-in at the LRA setting on a CPU (README, Long Range Arena)."""
     write_synthetic_pathfinder(tmp_path / PATHFINDER, count=40)
     run = train_small(tmp_path, "lra_pathfinder", tmp_path, "attention=linear", "model.dim=16", "trainer.epochs=1",
                       "trainer.batch_size=8")
     assert run.data.params["data.train_size"] == "32" and run.data.params["data.test_size"] == "4"
     assert 0 <= run.data.metrics["test/accuracy"] <= 1 and "val/accuracy" in run.data.metrics
+
+
+def test_pathfinder_cpu_preset_runs_on_its_stand_in(tmp_path):
+    """The CPU preset's path: 256 max-pooled pixels, grid positions, max pooling. Learning takes the preset's
+    3,000 steps on 10,000 images (README, Long Range Arena), not a test's budget."""
+    LraPathfinder.prepare(tmp_path, synthetic=True, count=40)
+    run = train_small(tmp_path, "lra_pathfinder", tmp_path, "experiment=lra_pathfinder_cpu", "attention=linear",
+                      "model.dim=16", "trainer.epochs=1", "trainer.batch_size=8")
+    assert run.data.params["task.downsample"] == "2" and run.data.params["model.position_init"] == "grid_sincos"
+    assert run.data.params["data.train_size"] == "32"
+    assert 0 <= run.data.metrics["test/accuracy"] <= 1
+
+
+def test_pathfinder_stand_in_follows_the_difficulty_asked(tmp_path):
+    for difficulty, fields in (("curv_baseline", ["10", "1"]), ("curv_contour_length_14", ["18", "2"])):
+        LraPathfinder.prepare(tmp_path, synthetic=True, difficulty=difficulty, count=10)
+        meta = tmp_path / PATHFINDER.with_name(difficulty) / "metadata" / "0.npy"
+        lines = meta.read_text().splitlines()
+        assert len(lines) == 10 and all(line.split(" ")[4:] == fields for line in lines)
+
+
+def test_pathfinder_downsampling_keeps_the_brightest_pixel_of_each_block(tmp_path):
+    write_synthetic_pathfinder(tmp_path / PATHFINDER, count=20)
+    full = LraPathfinder(data_root=tmp_path, download=False)
+    half = LraPathfinder(data_root=tmp_path, download=False, downsample=2)
+    full.setup()
+    half.setup()
+    assert half.max_length == 256 and half.backbone_inputs()["max_length"] == 256
+    for split in ("train", "val", "test"):
+        images = torch.stack(list(full.datasets()[split].tokens)).reshape(-1, 1, 32, 32).float()
+        expected = torch.nn.functional.max_pool2d(images, 2).reshape(len(images), 256).to(torch.uint8)
+        assert torch.equal(torch.stack(list(half.datasets()[split].tokens)), expected)
+        assert torch.equal(half.datasets()[split].labels, full.datasets()[split].labels)
