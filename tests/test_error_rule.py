@@ -71,7 +71,7 @@ def test_a_bad_option_value_for_any_pooling_or_backbone_exits_2_with_one_line(gr
     (["pooling=cswe", "pooling.tau=0"], "pooling.tau must be > 0"),
     (["pooling=cswe", "pooling.eps=-1"], "pooling.eps must be 'auto' or a number >= 0"),
     (["model.patch_size=3"], "not divisible by model.patch_size 3"),
-    (["model.num_heads=3"], "dim 16 is not divisible by num_heads 3"),
+    (["model.num_heads=3"], "model.dim 16 is not divisible by model.num_heads 3; set model.head_dim"),
     (["task.val_fraction=1.5"], "task.val_fraction must be in (0, 1)"),
     (["device=tpu9"], "device=tpu9 is not a device"),
 ])
@@ -79,3 +79,18 @@ def test_options_a_constructor_rejects_exit_2_with_one_line(args, message, tmp_p
     code = train.main([*cifar_args, *args, *outputs_in(tmp_path)])
     assert_one_line_exit_2_and_nothing_written(code, capsys.readouterr().err, tmp_path, message)
 
+
+
+@pytest.mark.parametrize("task", ["lra_listops", "cifar10", "iwslt14"])
+def test_an_uneven_head_split_is_refused_before_any_data_is_prepared(task, tmp_path, capsys):
+    """Without the early check, lra_listops generated its 96,000 trees (minutes) and cifar10 tried its download
+    before the attention layers refused the width."""
+    data = tmp_path / "data"
+    data.mkdir()
+    code = train.main([f"task={task}", "model.dim=30", "model.num_heads=4", f"data.root={data}",
+                       *outputs_in(tmp_path)])
+    assert_one_line_exit_2_and_nothing_written(code, capsys.readouterr().err, tmp_path,
+                                               "model.dim 30 is not divisible by model.num_heads 4")
+    assert not any(data.iterdir())  # nothing generated, downloaded or extracted
+    cfg = train.load_config([f"task={task}", "model.dim=30", "model.num_heads=4", "model.head_dim=8"])
+    assert cfg.model.options["head_dim"] == 8  # an explicit head width makes any split valid
