@@ -31,6 +31,7 @@ from pathlib import Path
 import torch
 
 from attention.distill import fit_to_softmax
+from attention.multihead import check_head_split
 from attention.pooling.base import POOLINGS
 from attention.registry import ATTENTIONS
 from backbones import BACKBONES
@@ -65,17 +66,13 @@ COMPONENTS = (
 def load_config(args: list[str]) -> Config:
     """The validated config for command-line `args` (`python train.py ARGS`)."""
     cfg = config.load_config(args, COMPONENTS)
-    check_head_split(cfg.model.options)
+    # every backbone splits `dim` into `num_heads`; its attention layers check that only when built, after the
+    # task has prepared its data (a download, or minutes of ListOps generation), so it is checked here first
+    options = cfg.model.options
+    if isinstance(options.get("dim"), int) and isinstance(options.get("num_heads"), int):
+        check_head_split(options["dim"], options["num_heads"], options.get("head_dim"), where="model.")
     return cfg
 
-
-def check_head_split(options: dict) -> None:
-    """Every backbone splits its width `dim` into `num_heads` heads unless `head_dim` is set. The attention
-    layers refuse an uneven split when built, but only after the task has prepared its data (a download, or
-    minutes of ListOps generation), so the config is refused here first."""
-    dim, heads = options.get("dim"), options.get("num_heads")
-    if isinstance(dim, int) and isinstance(heads, int) and options.get("head_dim") is None and dim % heads:
-        raise ConfigError(f"model.dim {dim} is not divisible by model.num_heads {heads}; set model.head_dim")
 
 # keys that may change between an interrupted run and its continuation (labels and logging, not the training)
 RESUMABLE_CHANGES = {"resume", "device", "trainer.max_steps", "trainer.num_workers", "trainer.log_every",

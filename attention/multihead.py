@@ -42,15 +42,23 @@ def make_core(attention: AttentionLike, *, num_heads: int, head_dim: int, causal
                            causal=causal, cross=cross, **options)
 
 
+def check_head_split(dim: int, num_heads: int, head_dim: int | None, where: str = "") -> None:
+    """The width rule of every multi-head layer: at least one head, and `dim` splits evenly into `num_heads`
+    unless `head_dim` (>= 1) is set. `where` prefixes the option names in the error (`"model."`)."""
+    if num_heads < 1:
+        raise ConfigError(f"{where}num_heads must be >= 1, got {num_heads}")
+    if head_dim is None and dim % num_heads:
+        raise ConfigError(f"{where}dim {dim} is not divisible by {where}num_heads {num_heads}; set {where}head_dim")
+    if head_dim is not None and head_dim < 1:
+        raise ConfigError(f"{where}head_dim must be a positive integer or null (dim / num_heads), got {head_dim}")
+
+
 class MultiHeadAttention(nn.Module):
     def __init__(self, dim: int, num_heads: int, attention: AttentionLike = "softmax", *,
                  context_dim: int | None = None, causal: bool = False, cross: bool = False,
                  qkv_bias: bool = False, head_dim: int | None = None):
         super().__init__()
-        if head_dim is None and dim % num_heads:
-            raise ConfigError(f"dim {dim} is not divisible by num_heads {num_heads}; set head_dim")
-        if head_dim is not None and head_dim < 1:
-            raise ConfigError(f"head_dim must be a positive integer or null (dim / num_heads), got {head_dim}")
+        check_head_split(dim, num_heads, head_dim)
         self.num_heads, self.causal, self.cross = num_heads, causal, cross
         self.head_dim = dim // num_heads if head_dim is None else head_dim
         self.core = make_core(attention, num_heads=num_heads, head_dim=self.head_dim,

@@ -84,8 +84,6 @@ class Seq2Seq(nn.Module):
                  decoder_attention: str = "softmax", cross_attention: str = "softmax",
                  share_embeddings: bool = True):
         super().__init__()
-        if head_dim is None and dim % num_heads:
-            raise ConfigError(f"model.dim {dim} is not divisible by model.num_heads {num_heads}")
         decoder_attention = causal_mechanism(decoder_attention, "decoder_attention")
         cross_attention = causal_mechanism(cross_attention, "cross_attention")
         self.dim = dim

@@ -72,6 +72,8 @@ def test_a_bad_option_value_for_any_pooling_or_backbone_exits_2_with_one_line(gr
     (["pooling=cswe", "pooling.eps=-1"], "pooling.eps must be 'auto' or a number >= 0"),
     (["model.patch_size=3"], "not divisible by model.patch_size 3"),
     (["model.num_heads=3"], "model.dim 16 is not divisible by model.num_heads 3; set model.head_dim"),
+    (["model.num_heads=0"], "model.num_heads must be >= 1, got 0"),  # was a ZeroDivisionError traceback
+    (["model.head_dim=0"], "model.head_dim must be a positive integer or null"),
     (["task.val_fraction=1.5"], "task.val_fraction must be in (0, 1)"),
     (["device=tpu9"], "device=tpu9 is not a device"),
 ])
