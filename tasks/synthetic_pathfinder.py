@@ -100,9 +100,8 @@ def span2(rng: np.random.Generator, length: int, max_turn: float, separation: tu
             return squared_distance(points[0], points[-1])
 
 
-def image(label: int, rng: np.random.Generator, curve_length: int = 18, distractors: int = 2,
-          min_separation: float = 12.0, max_separation: float = 14.0, max_turn: float = 0.35,
-          dot_distance2: int | None = None) -> tuple[np.ndarray, int]:
+def image(label: int, rng: np.random.Generator, *, curve_length: int, distractors: int, min_separation: float,
+          max_separation: float, max_turn: float = 0.35, dot_distance2: int | None = None) -> tuple[np.ndarray, int]:
     """One (32, 32) uint8 image of class `label` (1: the dots are joined) and its dots' squared distance in
     pixels. Both classes share one layout: a long curve with a dot at one end, and a second long curve that
     starts at a pixel as far from that dot as the two ends of a long curve lie apart. A positive's other dot
@@ -143,11 +142,12 @@ def image(label: int, rng: np.random.Generator, curve_length: int = 18, distract
 
 def write_synthetic_pathfinder(folder: Path, count: int = 2000, per_batch: int = 500, seed: int = 0, **shape) -> Path:
     """Write `count` balanced images into `folder` (…/pathfinder32/curv_contour_length_14) in the release layout;
-    `shape`: keyword options of `image` (curve length, distractors, dot separation, turning). Images come in
-    pairs, a positive and a negative whose dots lie at the same distance, so the two classes' dot distances
-    are one distribution."""
+    `shape`: keyword options of `image` (curve length, distractors, dot separation, turning) over the hard
+    set's. Images come in pairs, a positive and a negative whose dots lie at the same distance, so the two
+    classes' dot distances are one distribution."""
     from PIL import Image
 
+    shape = {**SHAPES["curv_contour_length_14"], **shape}
     rng = np.random.default_rng(seed)
     folder = Path(folder)
     (folder / "metadata").mkdir(parents=True, exist_ok=True)
@@ -164,6 +164,6 @@ def write_synthetic_pathfinder(folder: Path, count: int = 2000, per_batch: int =
         for index in range(start, min(start + per_batch, count)):
             Image.fromarray(images[int(labels[index])].pop()).save(subdir / f"sample_{index}.png")
             lines.append(f"imgs/{batch} sample_{index}.png {index} {labels[index]} "
-                         f"{shape.get('curve_length', 18)} {shape.get('distractors', 2)}\n")
+                         f"{shape['curve_length']} {shape['distractors']}\n")
         (folder / "metadata" / f"{batch}.npy").write_text("".join(lines))
     return folder
